@@ -1,0 +1,1 @@
+"""Data: loading Alpaca-style rows, templating, tokenization with exact loss masks, batching."""

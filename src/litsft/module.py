@@ -1,0 +1,174 @@
+"""`SFTModule`: a Hugging Face causal LM trained with the exact, token-weighted masked loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch import LightningModule
+from torchmetrics.aggregation import MeanMetric
+
+from litsft.data.tokenize import IGNORE_INDEX
+from litsft.generation import generate_ids
+from litsft.hf_loading import load_config
+from litsft.loss import head_can_be_gathered, masked_ce_sum
+from litsft.optim import param_groups, warmup_cosine
+
+
+class SFTModule(LightningModule):
+    """Fine-tunes `model_name_or_path` on the response tokens of each row.
+
+    The training loss of an optimizer step is the mean cross-entropy over ALL learned tokens of that step,
+    across gradient-accumulation micro-batches (and ranks), exactly as one large batch would give.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "distilgpt2",
+        tokenizer_name_or_path: str | None = None,
+        random_init: bool = False,
+        config_overrides: dict | None = None,
+        trust_remote_code: bool = False,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.03,
+        min_lr_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
+        gather_head: bool = True,
+        max_new_tokens: int = 128,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: Hub id or local Hugging Face folder of a causal LM.
+            tokenizer_name_or_path: Tokenizer, when not the one stored with the model.
+            random_init: Build the model from its config with random weights (no weights are downloaded).
+            config_overrides: Config fields to change before building, e.g. {n_layer: 2} for a small model.
+            trust_remote_code: Allow a hub model to run its own Python code. Off unless you trust it.
+            learning_rate: Peak AdamW learning rate (after warmup).
+            weight_decay: AdamW weight decay on matrices; never on biases and norm gains.
+            betas: AdamW betas.
+            warmup_ratio: Share of all optimizer steps spent warming the learning rate up linearly.
+            min_lr_ratio: The cosine decay ends at learning_rate * min_lr_ratio.
+            gradient_checkpointing: Recompute activations in backward: less memory, about 30% more compute.
+            gather_head: Run the LM head only at learned positions (same loss, less compute and memory).
+            max_new_tokens: Tokens generated per prompt by `predict`.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for flag, value in (("learning_rate", learning_rate), ("warmup_ratio", warmup_ratio + 1e-12)):
+            if not value > 0 or not math.isfinite(value):
+                from litsft.errors import LitSFTError
+
+                raise LitSFTError(f"--model.{flag} must be a positive number, got {value}.")
+        # Loading the config now (not the weights) fails early for a bad path or an offline hub id, and gives
+        # the context length that the CLI checks against --data.max_seq_length.
+        self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides)
+        self.model = None
+        # Token-weighted means: update(mean of a micro-batch, weight=its learned tokens). "disable": no NaN
+        # check, which would cost a host-device sync per step.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss = MeanMetric(nan_strategy="disable")
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import AutoModelForCausalLM
+
+        hp = self.hparams
+        if hp.random_init:
+            model = AutoModelForCausalLM.from_config(
+                self.hf_config, trust_remote_code=hp.trust_remote_code, dtype=torch.float32
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                hp.model_name_or_path,
+                config=self.hf_config,
+                trust_remote_code=hp.trust_remote_code,
+                dtype=torch.float32,  # fp32 master weights; mixed precision comes from the Trainer
+                use_safetensors=None,
+            )
+        if hp.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model
+        self._gather_head = hp.gather_head and head_can_be_gathered(model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+    def _loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_ce_sum(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], gather_head=self._gather_head
+        )
+
+    # -- training -----------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss_sum, n = self._loss_sum(batch)
+        self.train_loss.update(loss_sum / n.clamp(min=1), weight=n)
+        step_tokens = batch.get("step_tokens")
+        if step_tokens is None:  # a batch from elsewhere: fall back to this micro-batch's own token count
+            step_tokens = n.clamp(min=1) * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both so the
+        # gradient is d(sum of token losses of the whole step) / (learned tokens of the whole step).
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return loss_sum * (scale / step_tokens.clamp(min=1))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # All micro-batches of this step are in: log the step's exact loss (synced over ranks by torchmetrics).
+        self.log("train/loss", self.train_loss.compute(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.train_loss.reset()
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss_sum, n = self._loss_sum(batch)
+        self.val_loss.update(loss_sum / n.clamp(min=1), weight=n)
+
+    def _log_eval(self, prefix: str) -> None:
+        loss = self.val_loss.compute()  # token-weighted over the whole set, all ranks
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/ppl", torch.exp(loss), sync_dist=False)
+        self.val_loss.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Greedy answers to the prompts of the batch's rows (the prompt is each row's unlabelled prefix)."""
+        tokenizer = self.trainer.datamodule.tokenizer
+        prompts = []
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+            learned = (labels != IGNORE_INDEX).nonzero()
+            end = int(learned[0]) if len(learned) else int(mask.sum())
+            prompts.append(ids[:end].tolist())
+        answers = generate_ids(
+            self.model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, self.hparams.max_new_tokens
+        )
+        return [
+            {"prompt": tokenizer.decode(p), "response": tokenizer.decode(a), "stopped": stopped}
+            for p, (a, stopped) in zip(prompts, answers, strict=True)
+        ]
+
+    # -- optimization ---------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, hp.weight_decay),
+            lr=hp.learning_rate,
+            betas=tuple(hp.betas),
+            fused=self.device.type == "cuda",
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = round(hp.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
