@@ -20,7 +20,17 @@ os.environ.update(
     WANDB_MODE="offline",
     WANDB_SILENT="true",
     TOKENIZERS_PARALLELISM="false",
+    OMP_NUM_THREADS="1",  # inherited by subprocesses (DDP/FSDP tests run 2 processes on 2 cores)
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread: the tiny test models gain nothing from more, and on a busy 2-core machine spinning
+    OpenMP threads make each step 10-20x slower."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -95,3 +105,72 @@ def tiny_model_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
         "--trainer.enable_model_summary", "false",
         *extra,
     ]  # fmt: skip
+
+
+# A fake W&B API key present during the shared smoke run: no file the run writes may contain it.
+FAKE_WANDB_KEY = "f" * 8 + "5ec7e7" * 5 + "f" * 2  # 40 characters, like a real key
+
+
+@pytest.fixture(scope="session")
+def smoke_wandb_run(tmp_path_factory):
+    """One smoke run as a new user makes it (W&B offline + CSV, samples on), shared by the tests of issue 3."""
+    from litsft.cli import cli_main
+
+    run = tmp_path_factory.mktemp("smoke-wandb")
+    cwd, key = os.getcwd(), os.environ.get("WANDB_API_KEY")
+    os.chdir(REPO)
+    os.environ["WANDB_API_KEY"] = FAKE_WANDB_KEY
+    try:
+        cli = cli_main(
+            ["fit", "-c", "configs/smoke.yaml", "--trainer.default_root_dir", str(run),
+             "--trainer.logger.init_args.save_dir", str(run), "--trainer.enable_progress_bar", "false"]
+        )  # fmt: skip
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("WANDB_API_KEY") if key is None else os.environ.update(WANDB_API_KEY=key)
+    return cli, run
+
+
+# -- issue 4 (reliability): lean runs whose every optimizer step is logged, read back by step ------------------
+
+# Callbacks that cost time and log nothing the reliability tests compare.
+LEAN_ARGS = ["--samples.enabled", "false", "--throughput.enabled", "false", "--export.enabled", "false"]
+
+
+def csv_logger_args(root: Path) -> list[str]:
+    """Log every optimizer step to <root>/csv/version_N/metrics.csv, written at once (tests read it mid-run)."""
+    return [
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+        "--trainer.logger.name", "csv", "--trainer.logger.flush_logs_every_n_steps", "1",
+        "--trainer.log_every_n_steps", "1",
+    ]  # fmt: skip
+
+
+def logged_metrics(root: Path, key: str) -> dict[int, float]:
+    """{step: value} of `key` from every metrics.csv under `root` (a resumed run writes a new version)."""
+    import csv
+
+    values: dict[int, float] = {}
+    for path in sorted(root.rglob("metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get(key):
+                    values[int(row["step"])] = float(row[key])
+    return values
+
+
+def cli_one_thread(args: list[str]):
+    """`cli_main(args)` on one intra-op thread, as the reliability tests compare runs bit for bit: the tiny model
+    gains nothing from a second thread, and on a busy 2-core machine spinning OpenMP threads make each step
+    10-20x slower. (Runs compared with each other must use the same thread count: sums split differently round
+    differently.)"""
+    import torch
+
+    from litsft.cli import cli_main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli_main(args)
+    finally:
+        torch.set_num_threads(threads)

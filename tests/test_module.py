@@ -99,3 +99,45 @@ def test_optimizer_groups_and_schedule():
     assert f(0) < f(5) < f(9) <= 1.0
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def forced_head(module, eos_token_id: int, predict_eos: bool) -> None:
+    """Replace the LM head: zero weights, a bias that makes EOS the argmax everywhere, or never the argmax."""
+    head = module.model.get_output_embeddings()
+    linear = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    with torch.no_grad():
+        linear.bias[eos_token_id] = 10.0 if predict_eos else -10.0
+    module.model.set_output_embeddings(linear)
+
+
+@pytest.mark.parametrize("gather_head", [True, False])
+@pytest.mark.parametrize("predict_eos", [True, False])
+def test_eos_acc_is_one_when_eos_is_forced_and_zero_when_it_cannot_be(alpaca_file, tmp_path, gather_head, predict_eos):
+    module = tiny_module(gather_head=gather_head)
+    dm = datamodule(alpaca_file, tmp_path, val_size=12)
+    forced_head(module, dm.tokenizer.eos_token_id, predict_eos)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False,
+    )  # fmt: skip
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert metrics["val/eos_acc"] == (1.0 if predict_eos else 0.0)
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+
+
+def test_val_loss_is_token_weighted_over_the_whole_set(alpaca_file, tmp_path):
+    """Not a mean of batch means: batches with more learned tokens weigh more."""
+    module = tiny_module()
+    dm = datamodule(alpaca_file, tmp_path, val_size=11, batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(module, datamodule=dm)[0]["val/loss"]
+    total, tokens, batch_means = 0.0, 0, []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            loss_sum, n = masked_ce_sum(module.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            total, tokens = total + float(loss_sum), tokens + int(n)
+            batch_means.append(float(loss_sum) / int(n))
+    assert logged == pytest.approx(total / tokens, rel=1e-6)
+    assert abs(sum(batch_means) / len(batch_means) - total / tokens) > 1e-4  # the two differ on this data

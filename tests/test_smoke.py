@@ -9,22 +9,9 @@ from litsft.cli import cli_main
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    import os
-
-    from tests.conftest import REPO
-
-    run = tmp_path_factory.mktemp("smoke")
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        cli = cli_main(
-            ["fit", "-c", "configs/smoke.yaml", "--trainer.default_root_dir", str(run),
-             "--trainer.logger.init_args.save_dir", str(run), "--trainer.enable_progress_bar", "false"]
-        )  # fmt: skip
-    finally:
-        os.chdir(cwd)
-    return cli, run
+def smoke_run(smoke_wandb_run):
+    """`fit -c configs/smoke.yaml` in a temp folder: the session's one smoke run (tests/conftest.py)."""
+    return smoke_wandb_run
 
 
 def test_smoke_validation_loss_falls(smoke_run):
@@ -55,3 +42,18 @@ def test_export_loads_with_transformers_and_generates(smoke_run):
     prompt = template.render("What is the capital of France?")
     out = generator(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
     assert out.startswith(prompt) and len(out) > len(prompt)
+
+
+def test_local_file_and_local_model_folder_train(smoke_run, tmp_path, alpaca_file, monkeypatch):
+    """`--data.dataset FILE.json --model.model_name_or_path DIR`: a local HF folder's weights are loaded."""
+    from tests.conftest import REPO, tiny_model_args
+
+    _, run = smoke_run
+    monkeypatch.chdir(REPO)
+    folder = str(run / "export")
+    args = tiny_model_args(tmp_path, alpaca_file, "--model.model_name_or_path", folder, "--model.random_init", "false")
+    loaded = cli_main(["validate", *args, "--samples.enabled", "false"]).trainer.callback_metrics["val/loss"]
+    fresh = cli_main(["validate", *tiny_model_args(tmp_path, alpaca_file), "--samples.enabled", "false"])
+    assert float(loaded) < float(fresh.trainer.callback_metrics["val/loss"]) - 0.5  # trained weights, not random
+    cli = cli_main(["fit", *args, "--trainer.max_steps", "2", "--samples.enabled", "false"])
+    assert cli.trainer.global_step == 2

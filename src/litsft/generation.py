@@ -1,13 +1,38 @@
-"""Batched greedy/sampled generation from prompt token ids, left-padded, stopping at EOS.
+"""Batched greedy/sampled generation from prompt token ids, left-padded, stopping at EOS, with a time limit.
 
 Right-padded prompts make a decoder continue after pad tokens and garble the answers (transformers#34842),
 so prompts are left-padded here, whatever padding side the training tokenizer uses; the tokenizer itself
-is never modified.
+is never modified (we pad token ids, not text).
+
+Rank safety: with a sharded model (FSDP, DeepSpeed ZeRO-3) every rank must run the same number of forward
+passes, because each forward all-gathers parameters. `synced_gpus=True` makes Hugging Face's decode loop
+keep stepping on a rank that is done until all ranks are done, so a rank whose deadline fires earlier than
+another's (clocks differ by a step) never leaves the others waiting in a collective.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
+
 import torch
+from transformers import MaxTimeCriteria, StoppingCriteriaList
+
+
+class Deadline(MaxTimeCriteria):
+    """Stops generation once `max_time` seconds have passed since creation, and remembers that it did.
+
+    One `Deadline` can span several batches: it counts from its creation, not from each batch's start.
+    """
+
+    def __init__(self, max_time: float) -> None:
+        super().__init__(max_time=max_time, initial_timestamp=time.time())
+        self.expired = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = super().__call__(input_ids, scores, **kwargs)  # [B] bool, all equal
+        self.expired = self.expired or bool(done[0])
+        return done
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +47,14 @@ def left_pad(prompts: list[list[int]], pad_token_id: int, device) -> tuple[torch
     return input_ids.to(device), attention_mask.to(device)
 
 
+def _rng_scope(device: torch.device, seed: int | None):
+    """Seeded sampling must not move the training RNG (dropout, data order): fork it and restore it after."""
+    if seed is None:
+        return nullcontext()
+    devices = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
 @torch.no_grad()
 def generate_ids(
     model,
@@ -33,30 +66,48 @@ def generate_ids(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    batch_size: int | None = None,
+    deadline: Deadline | None = None,
+    synced_gpus: bool = False,
 ) -> list[tuple[list[int], bool]]:
-    """New tokens for each prompt (EOS excluded) and whether generation stopped at EOS."""
+    """New tokens for each prompt (EOS excluded) and whether generation stopped at EOS.
+
+    `batch_size` prompts go through `generate` at a time (default: all). `deadline` cuts generation short when
+    its time is up (check `deadline.expired`). `synced_gpus`: set on every rank of a sharded model, which must
+    all call this with the same prompts and `max_new_tokens`.
+    """
     device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
     was_training = model.training
     model.eval()
     kwargs = {"do_sample": do_sample}
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
-        if seed is not None:
-            torch.manual_seed(seed)
+    else:  # greedy: unset the sampling knobs a checkpoint's generation_config may carry (avoids warnings)
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if deadline is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([deadline])
+    step = batch_size or len(prompts)
+    results: list[tuple[list[int], bool]] = []
     try:
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            **kwargs,
-        )
+        with _rng_scope(device, seed if do_sample else None):
+            if do_sample and seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(prompts), step):
+                input_ids, attention_mask = left_pad(prompts[start : start + step], pad_token_id, device)
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=eos_token_id,
+                    pad_token_id=pad_token_id,
+                    use_cache=True,  # also when gradient checkpointing turned the config's cache off
+                    synced_gpus=synced_gpus,
+                    **kwargs,
+                )
+                # out [b, P + new]: the prompt part is the padded input; after a row's EOS come pad tokens
+                for row in out[:, input_ids.shape[1] :].tolist():
+                    stopped = eos_token_id in row
+                    results.append((row[: row.index(eos_token_id)] if stopped else row, stopped))
     finally:
         model.train(was_training)
-    results = []
-    for row in out[:, input_ids.shape[1] :].tolist():
-        stopped = eos_token_id in row
-        results.append((row[: row.index(eos_token_id)] if stopped else row, stopped))
     return results

@@ -76,8 +76,56 @@ def load_config(name: str, trust_remote_code: bool = False, overrides: dict[str,
             raise LitSFTError(
                 f"--model.config_overrides: '{key}' is not a field of {type(config).__name__} for '{name}'."
             )
+        current = getattr(config, key)
+        # Values are YAML data, never code; one of the wrong type would fail deep inside the model's constructor.
+        expected = (int, float) if isinstance(current, float) else type(current)
+        if current is not None and not isinstance(value, expected):
+            raise LitSFTError(
+                f"--model.config_overrides: '{key}' must be of type {type(current).__name__} like the config's "
+                f"({current!r}), got {type(value).__name__} {value!r:.60}."
+            )
         setattr(config, key, value)
     return config
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_weights(name: str) -> None:
+    """A local model folder must hold weights; checked before training starts (loading them comes later)."""
+    path = Path(name).expanduser()
+    if path.is_dir() and not any((path / file).is_file() for file in WEIGHT_FILES):
+        raise LitSFTError(
+            f"--model.model_name_or_path: '{name}' has a config but no weights ({' or '.join(WEIGHT_FILES[::2])}). "
+            "Pass a folder written by `save_pretrained`, or add --model.random_init true to train from random weights."
+        )
+
+
+def load_model(name: str, config, trust_remote_code: bool = False):
+    """The pretrained causal LM in fp32 (mixed precision comes from the Trainer).
+
+    Loading runs no code from the files: safetensors when the folder has them, else `torch.load` with
+    weights_only=True (transformers' default, set here explicitly); model code only with trust_remote_code.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name,
+            config=config,
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+            use_safetensors=None,
+            weights_only=True,
+        )
+    except Exception as err:  # noqa: BLE001
+        raise _explain("model", name, "--model.model_name_or_path", err) from err
 
 
 def context_length(config) -> int | None:

@@ -9,6 +9,8 @@ FLOPs on Alpaca, and the full [B, T, V] logits tensor never exists.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -25,22 +27,83 @@ def head_can_be_gathered(model) -> bool:
     )
 
 
+@contextmanager
+def _head_only_at(model, learned: torch.Tensor):
+    """Make the LM head see only the hidden states of learned positions, inside the model's own forward.
+
+    Done with a pre-hook on the output embedding rather than by calling `model.base_model` and the head
+    ourselves, so the call goes through the model's root `forward`: FSDP2 and DeepSpeed ZeRO-3 gather the
+    root's parameters (embeddings, tied head) there, and DDP sees one ordinary forward.
+    """
+
+    def select(module, args):
+        hidden = args[0]  # [B, T, H]
+        return (at_learned(hidden, learned),)  # [N, H]
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def learned_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices into [B, T] of the positions t whose next token labels[:, t + 1] is learned: [N] long.
+
+    Computed in the collator (host side), so the loss can gather these positions on the device without the
+    device-to-host sync that indexing with a boolean mask costs (its count decides the output's shape).
+    """
+    learned = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+    b, t = learned.nonzero(as_tuple=True)
+    return b * labels.shape[1] + t
+
+
+def at_learned(x: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
+    """`x` [B, T, ...] at the positions whose next token is learned -> [N, ...].
+
+    `learned` is a boolean mask [B, T-1], or the flat indices [N] into [B, T] that litsft's collators compute on
+    the host (`loss_index`): indexing with those needs no device-to-host sync, while a boolean mask does (its
+    count decides the output's shape).
+    """
+    if learned.dtype == torch.bool:
+        return x[:, :-1][learned]
+    return x.flatten(0, 1)[learned]
+
+
 def masked_ce_sum(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, gather_head: bool = True
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    gather_head: bool = True,
+    position_ids: torch.Tensor | None = None,
+    loss_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of token cross-entropies over learned positions (fp32) and their count.
 
     `labels` [B, T] are aligned with `input_ids` (not shifted): position t predicts labels[:, t + 1].
+    `attention_mask` is [B, T] (padding), [B, 1, T, T] (packed rows) or None (right-padded: causal attention
+    never reaches the padding). `position_ids` [B, T] restart per packed row. `loss_index` [N]: see `at_learned`.
     Returns (loss_sum [] fp32, num_tokens [] long). Dividing is left to the caller, who knows the right
     denominator (all learned tokens of the optimizer step).
     """
-    targets_bt = labels[:, 1:]  # [B, T-1]: the token each position must predict
-    learned = targets_bt != IGNORE_INDEX  # [B, T-1]
-    targets = targets_bt[learned]  # [N]
-    if gather_head:
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B,T,H]
-        logits = model.get_output_embeddings()(hidden[:, :-1][learned])  # [N, V]
+    if loss_index is None:
+        learned = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+        targets = labels[:, 1:][learned]  # [N]
+        count = learned.sum()
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][learned]  # [N, V]
+        learned = loss_index  # [N] flat positions b * T + t; each predicts the token at b * T + t + 1
+        targets = labels.flatten()[loss_index + 1]  # [N]
+        count = torch.full((), loss_index.numel(), dtype=torch.long, device=labels.device)
+    # use_cache=False: no key/value cache is built for a training forward (transformers builds one by default).
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    if gather_head:
+        with _head_only_at(model, learned):
+            # logits_to_keep=0 keeps every position, so the hook sees the full [B, T, H] it selects from.
+            logits = model(**inputs, logits_to_keep=0).logits  # [N, V]
+    else:
+        logits = at_learned(model(**inputs).logits, learned)  # [N, V]
     loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss_sum, learned.sum()
+    return loss_sum, count

@@ -6,12 +6,15 @@ import math
 
 import torch
 from lightning.pytorch import LightningModule
-from torchmetrics.aggregation import MeanMetric
+from torchmetrics.aggregation import SumMetric
 
+from litsft.data.packing import block_causal_mask
 from litsft.data.tokenize import IGNORE_INDEX
+from litsft.eos_accuracy import capture_head_output, eos_hits
 from litsft.generation import generate_ids
-from litsft.hf_loading import load_config
+from litsft.hf_loading import load_config, load_model
 from litsft.loss import head_can_be_gathered, masked_ce_sum
+from litsft.metrics import TokenMean
 from litsft.optim import param_groups, warmup_cosine
 
 
@@ -36,6 +39,7 @@ class SFTModule(LightningModule):
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
         gather_head: bool = True,
+        torch_compile: bool = False,
         max_new_tokens: int = 128,
     ) -> None:
         """
@@ -52,6 +56,7 @@ class SFTModule(LightningModule):
             min_lr_ratio: The cosine decay ends at learning_rate * min_lr_ratio.
             gradient_checkpointing: Recompute activations in backward: less memory, about 30% more compute.
             gather_head: Run the LM head only at learned positions (same loss, less compute and memory).
+            torch_compile: `torch.compile` each transformer block (regional compilation: compiles once for all blocks).
             max_new_tokens: Tokens generated per prompt by `predict`.
         """
         super().__init__()
@@ -65,10 +70,12 @@ class SFTModule(LightningModule):
         # the context length that the CLI checks against --data.max_seq_length.
         self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides)
         self.model = None
-        # Token-weighted means: update(mean of a micro-batch, weight=its learned tokens). "disable": no NaN
-        # check, which would cost a host-device sync per step.
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        self.val_loss = MeanMetric(nan_strategy="disable")
+        # Token-weighted over all micro-batches (and ranks at compute), no host sync per step.
+        self.train_loss = TokenMean()
+        self.val_loss = TokenMean()
+        # val/eos_acc: EOS targets predicted as argmax / EOS targets, over the whole set and all ranks.
+        self.val_eos_hits = SumMetric(nan_strategy="disable")
+        self.val_eos_total = SumMetric(nan_strategy="disable")
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -81,16 +88,20 @@ class SFTModule(LightningModule):
                 self.hf_config, trust_remote_code=hp.trust_remote_code, dtype=torch.float32
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                hp.model_name_or_path,
-                config=self.hf_config,
-                trust_remote_code=hp.trust_remote_code,
-                dtype=torch.float32,  # fp32 master weights; mixed precision comes from the Trainer
-                use_safetensors=None,
-            )
+            model = load_model(hp.model_name_or_path, self.hf_config, hp.trust_remote_code)  # fp32, no code run
         if hp.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self._device_mesh is not None:  # FSDP2 (litsft.strategies.FSDP2Strategy / ModelParallelStrategy)
+            from litsft.sharding import apply_fsdp2
+
+            # bf16-mixed: all-gather and compute in bf16 (half the traffic), reduce gradients in fp32.
+            bf16 = self._trainer is not None and str(self.trainer.precision) == "bf16-mixed"
+            apply_fsdp2(model, self._device_mesh["data_parallel"], torch.bfloat16 if bf16 else None)
+        if hp.torch_compile:
+            from litsft.compilation import compile_blocks
+
+            compile_blocks(model)
         self.model = model
         self._gather_head = hp.gather_head and head_can_be_gathered(model)
 
@@ -98,15 +109,30 @@ class SFTModule(LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
 
     def _loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        attention_mask, position_ids = batch["attention_mask"], batch.get("position_ids")
+        if position_ids is not None:  # packed rows (litsft.data.packing): causal attention within each row only
+            attention_mask = block_causal_mask(
+                position_ids, self.model.config._attn_implementation, next(self.model.parameters()).dtype
+            )
+        elif "loss_index" in batch:
+            # litsft's collators pad on the right, where causal attention never reaches the padding: no mask
+            # is needed, so the model can use its plain causal kernel (flash attention in SDPA on a GPU).
+            attention_mask = None
         return masked_ce_sum(
-            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], gather_head=self._gather_head
+            self.model,
+            batch["input_ids"],
+            attention_mask,
+            batch["labels"],
+            gather_head=self._gather_head,
+            position_ids=position_ids,
+            loss_index=batch.get("loss_index"),
         )
 
     # -- training -----------------------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss_sum, n = self._loss_sum(batch)
-        self.train_loss.update(loss_sum / n.clamp(min=1), weight=n)
+        self.train_loss.update(loss_sum, n)
         step_tokens = batch.get("step_tokens")
         if step_tokens is None:  # a batch from elsewhere: fall back to this micro-batch's own token count
             step_tokens = n.clamp(min=1) * self.trainer.world_size * self.trainer.accumulate_grad_batches
@@ -124,14 +150,28 @@ class SFTModule(LightningModule):
     # -- evaluation -----------------------------------------------------------------------------------------
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss_sum, n = self._loss_sum(batch)
-        self.val_loss.update(loss_sum / n.clamp(min=1), weight=n)
+        with capture_head_output(self.model) as head_output:  # the loss forward's own logits, no second pass
+            loss_sum, n = self._loss_sum(batch)
+        self.val_loss.update(loss_sum, n)
+        hits, total = eos_hits(head_output[-1], batch["labels"], self._eos_token_id())
+        self.val_eos_hits.update(hits)
+        self.val_eos_total.update(total)
+
+    def _eos_token_id(self) -> int:
+        """The EOS that the data appends: the datamodule's tokenizer's, else the model config's."""
+        tokenizer = getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
+        return tokenizer.eos_token_id if tokenizer is not None else self.hf_config.eos_token_id
 
     def _log_eval(self, prefix: str) -> None:
         loss = self.val_loss.compute()  # token-weighted over the whole set, all ranks
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/ppl", torch.exp(loss), sync_dist=False)
         self.val_loss.reset()
+        total = self.val_eos_total.compute()  # synced over ranks, so every rank takes the same branch
+        if total > 0:  # no EOS target at all (every row truncated): no value rather than NaN
+            self.log(f"{prefix}/eos_acc", self.val_eos_hits.compute() / total, sync_dist=False)
+        self.val_eos_hits.reset()
+        self.val_eos_total.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")

@@ -8,18 +8,24 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from litsft.sharding import full_state_dict
+
 
 class ExportCallback(Callback):
     """Exports the fine-tuned model so `AutoModelForCausalLM.from_pretrained` and `pipeline` load it."""
 
-    def __init__(self, dirpath: str | None = None, enabled: bool = True) -> None:
+    def __init__(self, dirpath: str | None = None, enabled: bool = True, from_best: bool = True) -> None:
         """
         Args:
             dirpath: Export folder (default: `<trainer.default_root_dir>/export`).
             enabled: Set false to skip the export.
+            from_best: Export the best checkpoint of the (first) ModelCheckpoint, e.g. lowest val/loss, and leave
+                the trained module holding those weights; false: the weights at the end of training.
         """
         self.dirpath = dirpath
         self.enabled = enabled
+        self.from_best = from_best
+        self.exported_from: str | None = None
         self.exported_to: Path | None = None
 
     def export_dir(self, trainer: Trainer) -> Path:
@@ -28,21 +34,40 @@ class ExportCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.interrupted:
             return
+        if self.from_best:
+            self._load_best(trainer)
+        # Under FSDP every rank takes part in gathering the full weights; rank 0 writes them.
+        state_dict = full_state_dict(pl_module.model)
         if trainer.is_global_zero:
-            self.exported_to = export_model(pl_module, trainer.datamodule, self.export_dir(trainer))
+            self.exported_to = export_model(pl_module, trainer.datamodule, self.export_dir(trainer), state_dict)
             rank_zero_info(f"litsft: exported the fine-tuned model to {self.exported_to.resolve()}")
         trainer.strategy.barrier("litsft-export")
 
+    def _load_best(self, trainer: Trainer) -> None:
+        """Put the best checkpoint's weights into the module, on every rank (the strategy knows its layout)."""
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        if not best or not os.path.exists(best):
+            return
+        trainer.strategy.load_model_state_dict(trainer.strategy.load_checkpoint(best))
+        self.exported_from = best
+        score = checkpoint.best_model_score
+        monitor = f", {checkpoint.monitor} {float(score):.4f}" if checkpoint.monitor and score is not None else ""
+        rank_zero_info(f"litsft: exporting the best checkpoint {best}{monitor}")
 
-def export_model(pl_module: LightningModule, datamodule, folder: Path) -> Path:
-    """Save model weights (safetensors), config, generation config, tokenizer and the prompt template."""
+
+def export_model(pl_module: LightningModule, datamodule, folder: Path, state_dict: dict | None = None) -> Path:
+    """Save model weights (safetensors), config, generation config, tokenizer and the prompt template.
+
+    `state_dict`: the full (gathered) weights when the model is sharded; None saves the model's own.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     model = pl_module.model
     tokenizer = datamodule.tokenizer
     # Generation stops at the EOS the model learned, and pads with the tokenizer's pad id.
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(folder))
+    model.save_pretrained(str(folder), state_dict=state_dict)
     tokenizer.save_pretrained(str(folder))
     datamodule.template.save(folder)
     return folder

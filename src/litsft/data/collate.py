@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from litsft.data.tokenize import IGNORE_INDEX
+from litsft.loss import learned_positions
 
 
 class SFTCollator:
@@ -13,6 +14,8 @@ class SFTCollator:
     Labels come from each row's `prompt_len`, never from `input_ids != pad_token_id`: GPT-2's pad is its EOS,
     and comparing against it would mask the learned EOS (trl#1623). Padding is on the right, labels -100 there.
     `step_tokens` (learned tokens in the whole optimizer step, all ranks) is present when the rows carry it.
+    `loss_index` [N] long: where the loss is computed (`litsft.loss.learned_positions`), found here on the host
+    so the device never waits for it; its presence also tells the model the batch is right-padded.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
@@ -35,6 +38,7 @@ class SFTCollator:
                 p = row["prompt_len"]
                 labels[b, p:n] = ids[p:]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch["loss_index"] = learned_positions(labels)
         if "step_tokens" in rows[0]:
             batch["step_tokens"] = torch.tensor(float(rows[0]["step_tokens"]))
         return batch

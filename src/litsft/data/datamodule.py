@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,14 @@ from torch.utils.data import DataLoader
 
 from litsft.data.cache import TokenizedCache, default_cache_dir, tokenizer_fingerprint
 from litsft.data.collate import SFTCollator
-from litsft.data.sampler import KeyedDataset, StepBatchSampler
+from litsft.data.packing import PackedBatchSampler, PackedCollator
+from litsft.data.sampler import KeyedDataset, ResumableBatchSampler, StepBatchSampler
 from litsft.data.sources import file_fingerprint, load_rows, source_kind
 from litsft.data.tokenize import RowCounts, process_rows
 from litsft.errors import LitSFTError
 from litsft.hf_loading import load_tokenizer
 from litsft.prompts import PromptTemplate, get_template
+from litsft.resume import trained_position
 
 
 class AlpacaDataModule(LightningDataModule):
@@ -43,10 +46,12 @@ class AlpacaDataModule(LightningDataModule):
         input_column: str = "input",
         output_column: str = "output",
         group_by_length: bool = True,
+        packing: bool = False,
         pad_to_multiple_of: int | None = None,
         cache_dir: str | None = None,
         tokenize_num_proc: int | None = None,
         trust_remote_code: bool = False,
+        predict_file: str | None = None,
     ) -> None:
         """
         Args:
@@ -64,10 +69,14 @@ class AlpacaDataModule(LightningDataModule):
             input_column: Source column holding the optional input (may be absent).
             output_column: Source column holding the response.
             group_by_length: Batch rows of similar length together (shuffled batches): little padding.
+            packing: Pack training rows into sequences of max_seq_length tokens (rows never attend to each other;
+                same loss). A micro-batch is then batch_size such sequences: lower batch_size accordingly.
             pad_to_multiple_of: Pad each batch's length up to a multiple of this (8 helps tensor cores).
             cache_dir: Where tokenized data is cached (default $LITSFT_CACHE or ~/.cache/litsft).
             tokenize_num_proc: Processes for tokenization (default: one process; the tokenizer is multithreaded).
             trust_remote_code: Allow a tokenizer from the hub to run its own Python code. Off unless you trust it.
+            predict_file: Prompts for `predict` (.txt one instruction per line, or .json/.jsonl with `instruction`
+                and optional `input`), rendered with the template; default: the validation rows.
         """
         super().__init__()
         self.template: PromptTemplate = get_template(prompt_template)
@@ -80,6 +89,8 @@ class AlpacaDataModule(LightningDataModule):
             raise LitSFTError(f"--data.val_size must be >= 0, got {val_size}.")
         if num_workers < 0:
             raise LitSFTError(f"--data.num_workers must be >= 0, got {num_workers}.")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise LitSFTError(f"--data.pad_to_multiple_of must be >= 1 (or null), got {pad_to_multiple_of}.")
         self.dataset = dataset
         self.source_kind = source_kind(dataset)  # fails now for a missing local file
         self.tokenizer_name_or_path = tokenizer_name_or_path
@@ -92,13 +103,19 @@ class AlpacaDataModule(LightningDataModule):
         self.split = split
         self.columns = {"instruction": instruction_column, "input": input_column, "output": output_column}
         self.group_by_length = group_by_length
+        self.packing = packing
         self.pad_to_multiple_of = pad_to_multiple_of
         self.cache_dir = cache_dir or default_cache_dir()
         self.tokenize_num_proc = tokenize_num_proc
         self.trust_remote_code = trust_remote_code
+        if predict_file is not None and not Path(predict_file).expanduser().is_file():
+            raise LitSFTError(f"--data.predict_file: '{predict_file}' is not a file. Check the path.")
+        self.predict_file = predict_file
         self._tokenizer = None
         self.counts: RowCounts | None = None
         self.train_rows = self.val_rows = None
+        self._train_batches: ResumableBatchSampler | None = None
+        self._train_resume: dict | None = None  # sampler position from a checkpoint, for the next train loader
 
     @property
     def tokenizer(self):
@@ -149,6 +166,7 @@ class AlpacaDataModule(LightningDataModule):
         if not cache.exists():  # setup without prepare_data (e.g. a bare script): prepare here
             self.prepare_data()
         processed, self.counts = cache.load()
+        self._report_global_batch(processed)
         rank_zero_info(f"litsft data: {self.counts.describe()} (cache {cache.path})")
         is_val = self.val_mask(processed["row"][:], self.counts.rows)
         self.train_rows = processed.select(np.flatnonzero(~is_val))
@@ -157,6 +175,23 @@ class AlpacaDataModule(LightningDataModule):
             raise LitSFTError(
                 f"--data.val_size={self.val_size} leaves no training rows out of {self.counts.kept}. Lower it."
             )
+
+    def _report_global_batch(self, processed) -> None:
+        """`batch_size` is per device: print what one optimizer step holds, to keep it when devices change."""
+        trainer = self.trainer
+        if trainer is None:
+            return
+        devices, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        rows = self.batch_size * devices * accumulate
+        unit = "packed sequences" if self.packing else "rows"
+        tokens = np.mean([len(x) for x in processed["input_ids"][:2000]]) * rows
+        learned = np.mean(processed["num_labels"][:2000]) * rows
+        size = f" (~{tokens:,.0f} tokens, ~{learned:,.0f} learned)" if not self.packing else ""
+        rank_zero_info(
+            f"litsft batch: {self.batch_size} {unit} per device x {devices} device(s) x {accumulate} accumulation = "
+            f"{rows:,} {unit} per optimizer step{size}. To keep it on another device count, scale "
+            "--data.batch_size or --trainer.accumulate_grad_batches."
+        )
 
     def val_mask(self, rows: list[int], num_source_rows: int) -> np.ndarray:
         """Which kept rows validate. Drawn over source row indices with `seed`, so the validation rows do not
@@ -177,8 +212,42 @@ class AlpacaDataModule(LightningDataModule):
 
     def _loader(self, rows, shuffle: bool) -> DataLoader:
         trainer = self.trainer
-        sampler = StepBatchSampler(
-            lengths=np.asarray([len(x) for x in rows["input_ids"]]) if len(rows) else np.zeros(0),
+        if shuffle and self.packing:
+            sampler = PackedBatchSampler(
+                lengths=row_lengths(rows),
+                num_labels=np.asarray(rows["num_labels"][:]),
+                batch_size=self.batch_size,
+                capacity=self.max_seq_length,
+                accumulate=trainer.accumulate_grad_batches if trainer else 1,
+                num_replicas=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+                seed=self.seed,
+            )
+            collate_fn = PackedCollator(self.tokenizer.pad_token_id, self.max_seq_length, self.pad_to_multiple_of)
+        else:
+            sampler, collate_fn = self._step_sampler(rows, shuffle), self.collator()
+        if shuffle:  # training: a new order each epoch, and exact mid-epoch resume (see ResumableBatchSampler)
+            sampler = self._train_batches = ResumableBatchSampler(sampler)
+            if self._train_resume is not None:
+                sampler.load_state_dict(self._train_resume)
+                self._train_resume = None
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            KeyedDataset(rows),
+            batch_sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=on_gpu,  # page-locked host batches: the copy to the GPU can overlap compute
+            persistent_workers=self.num_workers > 0,
+            # Starting to iterate draws a worker seed: from this generator, not from the global RNG that dropout
+            # uses, so a resumed run (which sets up its loaders at other times) draws the same dropout masks.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _step_sampler(self, rows, shuffle: bool) -> StepBatchSampler:
+        trainer = self.trainer
+        return StepBatchSampler(
+            lengths=row_lengths(rows) if len(rows) else np.zeros(0),
             num_labels=np.asarray(rows["num_labels"][:]),
             batch_size=self.batch_size,
             accumulate=trainer.accumulate_grad_batches if (trainer and shuffle) else 1,
@@ -188,17 +257,31 @@ class AlpacaDataModule(LightningDataModule):
             shuffle=shuffle,
             group_by_length=self.group_by_length or not shuffle,  # evaluation order is free: sort by length
         )
-        return DataLoader(
-            KeyedDataset(rows),
-            batch_sampler=sampler,
-            collate_fn=self.collator(),
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_rows, shuffle=True)
+
+    # -- checkpoint state: where training stands in the data ---------------------------------------------------
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if self._train_batches is None or trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {"train_batches": self._train_batches.state_dict(*trained_position(trainer))}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning restores this before it asks for the train loader, which then starts at the saved position.
+        self._train_resume = state_dict.get("train_batches")
+        if self._train_resume is not None:
+            # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader itself has a state;
+            # here the state lives in the datamodule, so the warning does not apply.
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+    def source_rows(self, epoch: int, batches: list[int]) -> list[int]:
+        """Source row indices (as in the data file) of global training micro-batches `batches` of `epoch`."""
+        order = self._train_batches.batches_of_epoch(epoch)
+        index = np.concatenate([order[b] for b in batches if b < len(order)] or [np.zeros(0, dtype=np.int64)])
+        return [int(r) for r in np.asarray(self.train_rows["row"][:])[index]]
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_rows, shuffle=False) if len(self.val_rows) else []
@@ -208,9 +291,27 @@ class AlpacaDataModule(LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader | list:
-        """Prompts of the validation rows, in order (their responses are what `predict` generates)."""
+        """Prompts of the validation rows, in order (their responses are what `predict` generates), or of
+        `predict_file`: rows whose every token is prompt (prompt_len = length), which `predict_step` answers."""
+        if self.predict_file is not None:
+            from litsft.prompt_files import read_prompts
+
+            rows = []
+            for prompt in read_prompts(self.predict_file, "--data.predict_file"):
+                text = self.template.render(prompt.instruction, prompt.input)
+                ids = self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+                rows.append({"input_ids": ids, "prompt_len": len(ids)})
+            return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collator())
         if not len(self.val_rows):
             return []
         return DataLoader(
             KeyedDataset(self.val_rows), batch_size=self.batch_size, shuffle=False, collate_fn=self.collator()
         )
+
+
+def row_lengths(rows) -> np.ndarray:
+    """Tokens per row, read from Arrow's list offsets: ~0.2 s for 52,000 rows, where a Python list per row
+    takes ~1.5 s of every (even cached) start."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(rows.with_format("arrow")[:]["input_ids"]).to_numpy()

@@ -16,11 +16,16 @@ the loss stays exact.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import warnings
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from litsft.errors import LitSFTError
 
 
 class RowKey(NamedTuple):
@@ -34,7 +39,11 @@ class RowKey(NamedTuple):
 
 
 class StepBatchSampler:
-    """Batch sampler over one rank's share; deterministic for (seed, epoch). Lightning calls `set_epoch`."""
+    """Batch sampler over one rank's share; deterministic for (seed, epoch).
+
+    Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, never on the batch sampler itself: wrap it
+    in `ResumableBatchSampler` (the datamodule does) or every epoch repeats epoch 0's order.
+    """
 
     def __init__(
         self,
@@ -102,6 +111,90 @@ class StepBatchSampler:
                 yield [RowKey(int(rows[0]), tokens, dummy=True)]
             else:
                 yield [RowKey(int(i), tokens) for i in mine]
+
+
+class ResumableBatchSampler:
+    """The training batch sampler as Lightning and checkpoints see it: epoch order plus exact mid-epoch resume.
+
+    Wraps any batch sampler whose order is a function of (seed, epoch) and that has `set_epoch`, `epoch` and
+    `global_batches()` (`StepBatchSampler` and its subclasses).
+    - Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`: the wrapped sampler sits there, so each
+      epoch gets its own order.
+    - `state_dict(epoch, batches_done)` records where training stands. The caller says how many batches it has
+      trained: the DataLoader and Lightning fetch batches ahead, so the sampler cannot know. `load_state_dict`
+      makes the next iteration start at that epoch's next batch; the batches before it are index lists only, no
+      row is read, collated or trained again.
+    - The state holds a digest of the epoch's batch order: resuming with other data, batch size, device count or
+      seed raises `LitSFTError` instead of silently training on another order.
+    """
+
+    def __init__(self, sampler: StepBatchSampler) -> None:
+        self.sampler = sampler
+        self._skip = 0  # batches of the next iteration already trained before a resume
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[RowKey]]:
+        skip, self._skip = self._skip, 0  # only the first iteration after a resume starts mid-epoch
+        return itertools.islice(iter(self.sampler), skip, None)
+
+    def batches_of_epoch(self, epoch: int) -> list[np.ndarray]:
+        """Epoch `epoch`'s global micro-batches (row indices), whatever epoch the sampler is at."""
+        current = self.sampler.epoch
+        self.sampler.set_epoch(epoch)
+        try:
+            return self.sampler.global_batches()
+        finally:
+            self.sampler.set_epoch(current)
+
+    def order_digest(self, epoch: int) -> str:
+        """A hash of epoch `epoch`'s global micro-batches (row indices, in order): equal iff the order is."""
+        digest = hashlib.sha256()
+        for rows in self.batches_of_epoch(epoch):
+            digest.update(np.asarray(rows, dtype=np.int64).tobytes() + b"|")
+        return digest.hexdigest()[:16]
+
+    def settings(self) -> dict[str, int]:
+        s = self.sampler
+        return {"rows": len(s.lengths), "batch_size": s.batch_size, "devices": s.num_replicas, "seed": s.seed}
+
+    def state_dict(self, epoch: int, batches_done: int) -> dict:
+        """Position after `batches_done` trained micro-batches of epoch `epoch` (pass epoch + 1, 0 at its end)."""
+        return {
+            "epoch": int(epoch),
+            "batches_done": int(batches_done),
+            "num_batches": len(self),
+            "order": self.order_digest(epoch),
+            **self.settings(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if self.order_digest(epoch) != state["order"] or not 0 <= done <= len(self):
+            saved = {k: state.get(k) for k in self.settings()}
+            now = self.settings()
+            differ = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k])
+            raise LitSFTError(
+                "--ckpt_path: the checkpoint's training order does not match this run's "
+                f"({differ or 'same row count and settings, but different rows or lengths'}). Resuming mid-epoch "
+                "needs the same training data, --data.batch_size, --data.seed, --data.val_size, --data.max_seq_length "
+                "and device count as the interrupted run. Resume with those, or start a new run without --ckpt_path."
+            )
+        accumulate = getattr(self.sampler, "accumulate", 1)
+        if done % accumulate:
+            warnings.warn(
+                f"litsft: this checkpoint was written in the middle of an optimizer step (micro-batch {done} of epoch "
+                f"{epoch}, accumulation {accumulate}), e.g. by a validation at a micro-batch count that is not a "
+                "multiple of --trainer.accumulate_grad_batches. Gradients are not saved, so that one step's resumed "
+                "update misses its first micro-batches; every later step is exact.",
+                stacklevel=2,
+            )
+        self.sampler.set_epoch(epoch)
+        self._skip = done
 
 
 class KeyedDataset(Dataset):

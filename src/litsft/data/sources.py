@@ -60,6 +60,8 @@ def _read_json_records(path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             raise LitSFTError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}.") from err
         return records
+    if text.lstrip().startswith("{"):
+        _refuse_wrapped_rows(path, text)
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -69,6 +71,22 @@ def _read_json_records(path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             raise LitSFTError(f"{path}: line {lineno} is not valid JSON ({err.msg}). Fix or delete that line.") from err
     return records
+
+
+def _refuse_wrapped_rows(path: Path, text: str) -> None:
+    """A whole file that is one JSON object holding the rows (`{"data": [...]}`) is a common export format: say
+    so, instead of "line 1 is not valid JSON" (pretty-printed) or "no column 'instruction'" (one line)."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return  # JSON Lines (or broken JSON): the line-by-line reader reports it
+    lists = [key for key, value in whole.items() if isinstance(value, list) and value and isinstance(value[0], dict)]
+    if lists:
+        raise LitSFTError(
+            f"{path}: the file is one JSON object and the rows are inside it, under '{lists[0]}'. litsft reads a JSON "
+            f"list of rows ([{{...}}, {{...}}]) or JSON Lines (one row per line): save the list itself, e.g. with "
+            f"`json.dump(data['{lists[0]}'], f)`."
+        )
 
 
 def _read_csv_records(path: Path) -> list[dict]:
@@ -146,6 +164,11 @@ def load_rows(dataset: str, columns: dict[str, str], split: str = "train") -> tu
     for canonical in ("instruction", "input", "output"):
         name = columns[canonical]
         if canonical == "input" and name not in present:
+            if name != "input":  # the user named a column: a typo must not silently drop every input
+                raise LitSFTError(
+                    f"{dataset}: no column '{name}' (for input); the data has {sorted(present)}. Set "
+                    "--data.input_column to the right name, or leave it at 'input' for data without inputs."
+                )
             out["input"] = [""] * len(out["instruction"])
             continue
         values = get(name)

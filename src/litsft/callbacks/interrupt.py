@@ -1,0 +1,213 @@
+"""SIGTERM or Ctrl-C: finish the optimizer step in progress, save `last.ckpt`, say how to resume; resume exactly.
+
+A job on a shared machine gets SIGTERM before it is killed (schedulers, `docker stop`, `kill`), and users press
+Ctrl-C. Stopping at once would lose the work since the last checkpoint, and stopping mid-step (gradients of
+some accumulation micro-batches summed, the optimizer not stepped) cannot be resumed exactly. So the first
+signal only raises a flag; at the end of the optimizer step in progress (after the validation due there, if
+any) the run stops through Lightning's own SIGTERM path, this callback saves `last.ckpt`, and `cli_main` prints
+the command that resumes. A second signal stops at once without saving.
+
+Exactness: Lightning restores weights, optimizer, LR schedule and loop counters; the datamodule restores the
+data position; this callback stores the random number generators (dropout) in every checkpoint and puts them
+back when training starts, after the sanity check and loader set-up that a resumed run adds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from litsft.resume import resume_command, rng_state, set_rng_state, trained_position
+
+EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}  # shell conventions
+
+
+@dataclass
+class StopReport:
+    """What `cli_main` tells the user after a clean stop."""
+
+    signal_name: str
+    checkpoint: str
+    step: int
+    epoch: int
+    batch: int
+    num_batches: int
+    exit_code: int
+
+
+def checkpoint_dir(trainer: Trainer) -> Path:
+    """Where ModelCheckpoint writes (so `--ckpt_path last` finds it), else `<default_root_dir>/checkpoints`."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"
+
+
+class InterruptCallback(Callback):
+    """Stops cleanly on SIGTERM / Ctrl-C with a resumable `last.ckpt`; makes every checkpoint resume exactly."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        """
+        Args:
+            enabled: Catch SIGTERM and Ctrl-C (stop after the current optimizer step and save last.ckpt).
+                False leaves Lightning's own handling. Resumed runs restore the RNG state either way.
+        """
+        self.enabled = enabled
+        self.requested: int | None = None  # the signal received, until the run stops
+        self._previous: dict[int, object] = {}
+        self._trainer: Trainer | None = None
+        self._rng_to_restore: dict | None = None
+        self._step_at_batch_start = 0
+        self._at_step_end = False
+        self._validated_this_batch = False
+        self._announced = False
+
+    # -- signal handling --------------------------------------------------------------------------------------
+
+    def _install(self, trainer: Trainer) -> None:
+        if not self.enabled or threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self._trainer = trainer
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        # Keep this minimal: it runs between two bytecodes of whatever the main thread was doing (no printing).
+        if self.requested is not None:  # the second signal: stop now, no checkpoint
+            self._uninstall()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.requested = signum
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if signum == signal.SIGTERM and launcher is not None:
+            launcher.kill(signum)  # as Lightning does: pass SIGTERM on to the processes it started
+
+    def _announce(self) -> None:
+        if self.requested is not None and not self._announced:
+            self._announced = True
+            rank_zero_info(
+                f"\nlitsft: {signal.Signals(self.requested).name} received: finishing this optimizer step, then "
+                "saving last.ckpt. Send it again to stop at once without saving."
+            )
+
+    def _stop_if_requested(self, trainer: Trainer) -> None:
+        """Called at optimizer-step ends only, on every rank alike."""
+        self._announce()
+        requested = self.requested is not None
+        if trainer.world_size > 1:  # all ranks must stop after the same step, or the next all-reduce hangs
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested:
+            self.requested = self.requested or signal.SIGTERM  # a rank that got no signal itself stops (and saves) too
+            # Lightning's SIGTERM flag: the training loop raises SIGTERMException at the end of this batch, after
+            # its metrics are logged and any validation due here has run. The flag is private; Lightning's own
+            # handler sets it the same way.
+            trainer._signal_connector.received_sigterm = True
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        self._install(trainer)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self._step_at_batch_start = trainer.global_step
+        self._validated_this_batch = False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._announce()
+        # Did this micro-batch end an optimizer step? (Not with gradient accumulation still in progress.)
+        self._at_step_end = trainer.global_step != self._step_at_batch_start
+        if self._at_step_end:
+            self._stop_if_requested(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._validated_this_batch = True
+            if self._at_step_end:
+                self._stop_if_requested(trainer)  # a signal during validation: stop right after it
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._uninstall()  # now, before Lightning's teardown restores the handlers it found
+        if not isinstance(exception, SIGTERMException) or self.requested is None:
+            return
+        path = checkpoint_dir(trainer) / "last.ckpt"
+        if trainer.is_global_zero and path.is_symlink():
+            path.unlink()  # ModelCheckpoint(save_last="link") points it at another checkpoint: do not write there
+        epoch, batch = trained_position(trainer)
+        # Lightning restores a run stopped right after a validation by replaying the end of that batch, which
+        # counts the logging step once more (checkpoints that ModelCheckpoint writes at validation end are taken
+        # before the count, ours after it): store one less, or every later step is logged one step late.
+        loop = trainer.fit_loop.epoch_loop
+        replayed = int(self._validated_this_batch)
+        loop._batches_that_stepped -= replayed
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            loop._batches_that_stepped += replayed
+        exception.litsft_stop = StopReport(  # read by cli_main, which knows the command line
+            signal_name=signal.Signals(self.requested).name,
+            checkpoint=str(path.resolve()),
+            step=trainer.global_step,
+            epoch=epoch,
+            batch=batch,
+            num_batches=int(trainer.num_training_batches),
+            exit_code=EXIT_CODES.get(self.requested, 1),
+        )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._uninstall()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._uninstall()
+        self._trainer = None
+
+    # -- checkpoint state -------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._rng_to_restore = state_dict.get("rng")
+
+
+def report_stop(stop: BaseException, args: list[str] | None) -> int:
+    """Print how the run stopped and the command that resumes it; return the exit status (143 SIGTERM, 130 ^C)."""
+    report: StopReport | None = getattr(stop, "litsft_stop", None)
+    if report is None:  # stopped by Lightning's own SIGTERM handling (--interrupt.enabled false): no checkpoint
+        print("litsft: stopped by SIGTERM before a checkpoint could be saved.", file=sys.stderr)
+        return EXIT_CODES[signal.SIGTERM]
+    if args is None:  # a real command line: repeat it as typed (`python train.py ...` or the `litsft` script)
+        args = sys.argv[1:]
+        prog = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else Path(sys.argv[0]).name
+    else:
+        prog = "python train.py"
+    command = resume_command(args, report.checkpoint, prog)
+    print(
+        f"litsft: stopped by {report.signal_name} after step {report.step} (epoch {report.epoch}, "
+        f"{report.batch} of {report.num_batches} batches done) and saved {report.checkpoint}\n"
+        f"litsft: resume exactly where it stopped with (from {os.getcwd()}):\n  {command}\n"
+        "litsft: or with --ckpt_path last, which takes the newest last.ckpt of the run's folders.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return report.exit_code

@@ -1,0 +1,47 @@
+"""`val/eos_acc`: does the model predict EOS where each response ends (teacher forcing)?
+
+A fine-tuned model that never learned to stop rambles until `max_new_tokens`. Loss alone hides this: the EOS
+is one token among ~100 per row. This counts, at every position whose target is the appended EOS, whether
+EOS is the argmax. The logits come from the validation loss's own forward (a forward hook on the LM head),
+so nothing runs twice and the training loss path is untouched. Argmax is unchanged by the monotone logit
+transforms some models apply after the head (soft-capping, scaling), so the head's raw output suffices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from litsft.data.tokenize import IGNORE_INDEX
+
+
+@contextmanager
+def capture_head_output(model) -> Iterator[list[torch.Tensor]]:
+    """Collect what the LM head returns during the block: [N, V] (gathered head) or [B, T, V] (full)."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        captured.append(output.detach())
+
+    handle = model.get_output_embeddings().register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def eos_hits(head_output: torch.Tensor, labels: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(EOS targets predicted as argmax [] long, EOS targets [] long) for one batch.
+
+    `labels` [B, T] aligned with `input_ids` (position t predicts labels[:, t + 1]). `head_output` is [N, V]
+    over the learned positions in row-major order (the gathered head) or [B, T, V]. Only the appended EOS is
+    an EOS target: a literal "<|endoftext|>" in a row is tokenized as text, and padding is labelled -100.
+    """
+    targets_bt = labels[:, 1:]  # [B, T-1]
+    learned = targets_bt != IGNORE_INDEX  # [B, T-1]
+    logits = head_output[:, :-1][learned] if head_output.dim() == 3 else head_output  # [N, V]
+    at_eos = targets_bt[learned] == eos_token_id  # [N]
+    hits = (logits[at_eos].argmax(dim=-1) == eos_token_id).sum()  # argmax over [K, V], K rows ending in EOS
+    return hits, at_eos.sum()

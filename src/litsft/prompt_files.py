@@ -1,0 +1,84 @@
+"""Reading a user's prompts file (for sample generations, `predict` and `litsft.generate`).
+
+Accepted: `.txt` (one instruction per non-empty line), `.json` (a list of strings or of objects) or `.jsonl`
+(one string or object per line). Objects carry `instruction` and optionally `input` (and `output`, shown as
+the reference answer). Every problem names the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from litsft.errors import LitSFTError
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One prompt to answer: rendered with the training template before generation."""
+
+    instruction: str
+    input: str = ""
+    reference: str = ""
+    """The dataset's answer, when the prompt comes from a validation row (or the file gives `output`)."""
+
+    def display(self) -> str:
+        """What a person reads: the instruction and its input, without the template's boilerplate."""
+        return f"{self.instruction}\n\nInput: {self.input}" if self.input else self.instruction
+
+
+def _prompt_from(record, path: Path, row: int, flag: str) -> SamplePrompt:
+    where = f"{flag}: {path}, row {row}"
+    if isinstance(record, str):
+        record = {"instruction": record}
+    if not isinstance(record, dict):
+        raise LitSFTError(f"{where}: expected a string or an object with 'instruction', got {type(record).__name__}.")
+    instruction = record.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise LitSFTError(f"{where}: field 'instruction' is missing or empty. Give each row a non-empty instruction.")
+    fields = {}
+    for field in ("input", "output"):
+        value = record.get(field) or ""
+        if not isinstance(value, str):
+            raise LitSFTError(f"{where}: field '{field}' must be a string, got {type(value).__name__}.")
+        fields[field] = value
+    return SamplePrompt(instruction, fields["input"], fields["output"])
+
+
+def read_prompts(path: str | Path, flag: str = "--prompts_file") -> list[SamplePrompt]:
+    """All prompts of `path`; a `LitSFTError` naming the file, row and field for anything unusable."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LitSFTError(
+            f"{flag}: cannot read prompts file '{path}' ({type(err).__name__}: {err}). "
+            "Pass a UTF-8 .txt (one instruction per line), .json or .jsonl file."
+        ) from None
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = []
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise LitSFTError(f"{flag}: {path}, line {line_no}: not valid JSON ({err.msg}).") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LitSFTError(f"{flag}: {path}: not valid JSON ({err.msg}, line {err.lineno}).") from None
+        if not isinstance(data, list):
+            raise LitSFTError(f"{flag}: {path}: expected a JSON list of prompts, got {type(data).__name__}.")
+        records = list(enumerate(data))
+    elif suffix in (".txt", ""):
+        records = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    else:
+        raise LitSFTError(f"{flag}: {path}: unknown prompts file type '{suffix}'. Use .txt, .json or .jsonl.")
+    prompts = [_prompt_from(record, path, row, flag) for row, record in records]
+    if not prompts:
+        raise LitSFTError(f"{flag}: {path} holds no prompt. Add at least one instruction.")
+    return prompts

@@ -1,0 +1,41 @@
+"""FSDP2 over every device of every node, from one config line (no mesh sizes to keep in sync)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallelism with FSDP2 (`fully_shard`), which also runs on CPU (gloo).
+
+    Lightning's `ModelParallelStrategy` with a data-parallel size of all processes and no tensor parallelism:
+    `SFTModule.configure_model` shards each transformer block. Unlike Lightning's `FSDPStrategy` (FSDP1) it
+    works on CPU, so the same config is tested here with 2 CPU processes.
+    """
+
+    def __init__(
+        self,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = timedelta(minutes=30),
+    ) -> None:
+        """
+        Args:
+            save_distributed_checkpoint: Each rank writes its shard (fast, a folder); False writes one file.
+            process_group_backend: 'nccl' on GPUs, 'gloo' on CPU (default: chosen from the device).
+            timeout: Collective timeout.
+        """
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+
+    def setup_environment(self) -> None:
+        # Every process is a data-parallel rank (the parent class would default to one per node).
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()

@@ -1,0 +1,233 @@
+"""Interrupted runs continue as if they had never stopped: every step's loss after resuming equals the loss of an
+uninterrupted run with the same seed (dropout on, gradient accumulation 2, two epochs, validation mid-epoch)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from litsft.data.packing import PackedBatchSampler
+from litsft.data.sampler import ResumableBatchSampler, StepBatchSampler
+from litsft.errors import LitSFTError
+from litsft.resume import resume_command
+from tests.conftest import LEAN_ARGS, REPO, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
+
+# 104 rows - 8 validation = 96 training rows = 24 micro-batches of 4 = 12 optimizer steps per epoch (accumulate
+# 2); validation every 12 micro-batches (val_check_interval 0.5), i.e. mid-epoch and at the end, on step ends.
+STEPS_PER_EPOCH = 12
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    from litsft.smoke_assets import synthetic_rows
+
+    return write_rows(tmp_path_factory.mktemp("resume-data") / "rows.json", synthetic_rows(104, seed=3))
+
+
+def run_args(root, data, *extra) -> list[str]:
+    return [
+        "fit", *tiny_model_args(root, data), *LEAN_ARGS, *csv_logger_args(root),
+        "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, data):
+    """The uninterrupted run; it also keeps checkpoints written at a step end before validation (step 6), at
+    the last step of epoch 0 (on_train_batch_end, step 12) and at epoch 0's end (on_train_epoch_end)."""
+    root = tmp_path_factory.mktemp("reference")
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        cli_one_thread(
+            run_args(root, data,
+                     "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(root / "by_step"),
+                     "--trainer.callbacks.every_n_train_steps", "6", "--trainer.callbacks.save_top_k", "-1",
+                     "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(root / "by_epoch"),
+                     "--trainer.callbacks.save_on_train_epoch_end", "true", "--trainer.callbacks.save_top_k", "-1")
+        )  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    losses = logged_metrics(root, "train/loss")
+    assert len(losses) == 2 * STEPS_PER_EPOCH
+    return root, losses, logged_metrics(root, "val/loss")
+
+
+def assert_same_curve(reference, root, resumed_after: int) -> None:
+    _, ref_train, ref_val = reference
+    train, val = logged_metrics(root, "train/loss"), logged_metrics(root, "val/loss")
+    after = {s: v for s, v in train.items() if s >= resumed_after}
+    assert set(after) == {s for s in ref_train if s >= resumed_after}, "a step is missing or extra"
+    assert after == {s: ref_train[s] for s in after}  # exactly equal, not approximately
+    assert {s: v for s, v in val.items() if s >= resumed_after} == {s: v for s, v in ref_val.items() if s in val}
+
+
+def resumed_step(checkpoint) -> int:
+    return torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"]
+
+
+@pytest.mark.parametrize(
+    "checkpoint",
+    ["by_step/epoch=0-step=6.ckpt", "by_step/epoch=0-step=12.ckpt", "by_epoch/epoch=0-step=12.ckpt"],
+    ids=["mid-epoch-before-validation", "last-step-of-epoch", "epoch-end"],
+)
+def test_resume_from_a_checkpoint_continues_the_uninterrupted_curve(in_repo, tmp_path, data, reference, checkpoint):
+    path = reference[0] / checkpoint
+    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", str(path)))
+    assert_same_curve(reference, tmp_path, resumed_after=resumed_step(path))
+
+
+class SignalAt(Callback):
+    """Test helper: sends `signum` to this process at validation micro-batch `val_batch` of the first
+    validation inside training, `times` times in a row."""
+
+    def __init__(self, signum: int = 2, val_batch: int = 0, times: int = 1) -> None:
+        self.signum, self.val_batch, self.times, self.sent = signum, val_batch, times, False
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and batch_idx == self.val_batch and not self.sent:
+            self.sent = True
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+def test_ctrl_c_during_validation_stops_after_it_and_resumes_exactly(in_repo, tmp_path, data, reference, capsys):
+    args = run_args(tmp_path, data, "--trainer.callbacks+=tests.test_resume.SignalAt")
+    with pytest.raises(SystemExit) as exit_:
+        cli_one_thread(args)
+    assert exit_.value.code == 130  # 128 + SIGINT, as a shell reports Ctrl-C
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT after step 6 (epoch 0, 12 of 24 batches done)" in err  # right after validation
+    command = err.split("resume exactly where it stopped with (from ")[1].splitlines()[1].strip()
+    assert command.startswith("python train.py fit -c ") and command.count("--ckpt_path") == 1
+    checkpoint = command.split("--ckpt_path ")[1]
+    assert checkpoint.endswith("last.ckpt") and resumed_step(checkpoint) == 6
+    assert logged_metrics(tmp_path, "val/loss") == {5: reference[2][5]}  # the validation it waited for
+
+    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", "last"))  # the newest last.ckpt of the run's folders
+    assert_same_curve(reference, tmp_path, resumed_after=0)
+
+
+def test_second_ctrl_c_stops_at_once_without_a_checkpoint(in_repo, tmp_path, data):
+    args = run_args(tmp_path, data, "--trainer.callbacks+=tests.test_resume.SignalAt", "--trainer.callbacks.times", "2")
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli_one_thread(args)
+    finally:  # Lightning ignores SIGINT from its KeyboardInterrupt handling on (a CLI process exits right after)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert exit_.value.code not in (0, None)
+    assert not list(tmp_path.rglob("last.ckpt"))
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_kills_a_real_cli_run_mid_epoch_and_the_printed_command_resumes_it(tmp_path, data, reference):
+    """A real `python train.py fit` process gets SIGTERM part-way through an epoch, from outside."""
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *run_args(tmp_path, data)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # as the in-process runs (see cli_one_thread)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(logged_metrics(tmp_path, "train/loss")) < 2:  # a few optimizer steps in: mid-epoch 0
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the run did not start training in time"
+            time.sleep(0.02)
+        # Freeze it while the signal is sent, so the stop lands mid-epoch however fast this machine is.
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert "SIGTERM received: finishing this optimizer step, then saving last.ckpt" in err
+    command = err.split("resume exactly where it stopped with (from ")[1].splitlines()[1].strip().split()
+    assert command[:3] == ["python", "train.py", "fit"]
+    checkpoint = command[-1]
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")["AlpacaDataModule"]["train_batches"]
+    assert 0 < state["batches_done"] < state["num_batches"], "the stop was not part-way through an epoch"
+    stopped_at = resumed_step(checkpoint)
+
+    assert 0 < stopped_at < len(reference[1])
+    cli_one_thread(command[2:])  # the printed command, run from the repo as it says
+    assert_same_curve(reference, tmp_path, resumed_after=0)
+
+
+# -- the sampler's position, on its own ---------------------------------------------------------------------
+
+
+def make_sampler(cls=StepBatchSampler, n=103, **kw) -> ResumableBatchSampler:
+    rng = np.random.default_rng(0)
+    lengths, labels = rng.integers(5, 200, size=n), rng.integers(1, 50, size=n)
+    if cls is PackedBatchSampler:
+        kw.setdefault("capacity", 256)
+    return ResumableBatchSampler(cls(lengths, labels, batch_size=4, accumulate=2, seed=11, **kw))
+
+
+def keys(batches) -> list[list[int]]:
+    return [[k.index for k in b] for b in batches]
+
+
+@pytest.mark.parametrize("cls", [StepBatchSampler, PackedBatchSampler])
+def test_sampler_resumes_at_the_next_batch_of_the_same_epoch(cls):
+    uninterrupted = make_sampler(cls)
+    uninterrupted.set_epoch(3)
+    expected = keys(uninterrupted)
+    fresh = make_sampler(cls)
+    fresh.load_state_dict(uninterrupted.state_dict(epoch=3, batches_done=5))
+    assert keys(fresh) == expected[5:]  # the next batch, not a skip through the seen ones' data
+    assert keys(fresh) == expected  # and the next epoch iteration starts at its beginning
+    assert len(fresh) == len(expected)  # Lightning counts the whole epoch
+
+
+def test_each_epoch_has_its_own_order_through_the_dataloader_attribute_lightning_uses():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    sampler = make_sampler()
+    loader = DataLoader(list(range(103)), batch_sampler=sampler, collate_fn=lambda rows: rows)
+    _set_sampler_epoch(loader, 0)
+    first = keys(sampler)
+    _set_sampler_epoch(loader, 1)
+    assert keys(sampler) != first
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"n": 104}, "rows 103 -> 104"), ({"seed": 12}, "seed 11 -> 12"), ({"batch_size": 8}, "batch_size 4 -> 8")],
+)
+def test_sampler_refuses_a_position_from_another_order(change, message):
+    state = make_sampler().state_dict(epoch=0, batches_done=3)
+    n = change.pop("n", 103)
+    rng = np.random.default_rng(0)
+    other = ResumableBatchSampler(
+        StepBatchSampler(
+            rng.integers(5, 200, size=n), rng.integers(1, 50, size=n), **({"batch_size": 4, "seed": 11} | change)
+        )
+    )
+    with pytest.raises(LitSFTError, match=message):
+        other.load_state_dict(state)
+
+
+def test_sampler_warns_when_a_position_is_inside_an_optimizer_step():
+    state = make_sampler().state_dict(epoch=0, batches_done=3)  # accumulate 2: micro-batch 3 is mid-step
+    with pytest.warns(UserWarning, match="in the middle of an optimizer step"):
+        make_sampler().load_state_dict(state)
+
+
+def test_resume_command_replaces_any_earlier_checkpoint_flag():
+    args = ["fit", "-c", "my config.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=older.ckpt", "--x", "1"]
+    assert resume_command(args, "/r/last.ckpt") == (
+        "python train.py fit -c 'my config.yaml' --x 1 --ckpt_path /r/last.ckpt"
+    )
