@@ -52,7 +52,8 @@ def test_gathered_head_gives_the_same_gradients(alpaca_file, tmp_path):
         loss.backward()
         grads.append({k: p.grad.clone() for k, p in module.model.named_parameters()})
     for k in grads[0]:
-        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7)
+        # atol 1e-6: the gathered head's fused chunked loss sums in another order (fp32 rounding, ~1 ulp)
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6)
 
 
 class GradCapture(pl.Callback):

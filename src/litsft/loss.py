@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from litsft.data.tokenize import IGNORE_INDEX
+from litsft.linear_cross_entropy import linear_cross_entropy_sum
 
 
 def head_can_be_gathered(model) -> bool:
@@ -45,6 +46,24 @@ def _head_only_at(model, learned: torch.Tensor):
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def _head_loss_at(model, learned: torch.Tensor, targets: torch.Tensor):
+    """Like `_head_only_at`, but the head returns the summed cross-entropy of the learned positions instead of
+    their logits, computed in chunks (`litsft.linear_cross_entropy`): training never holds [N, V] logits."""
+    head = model.get_output_embeddings()
+    result: list[torch.Tensor] = []
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [] fp32, passed on as the "logits"
+        result.append(linear_cross_entropy_sum(at_learned(hidden, learned), head.weight, head.bias, targets))
+        return result[-1]
+
+    head.forward = forward  # the instance attribute shadows Linear.forward; module hooks still run around it
+    try:
+        yield result
+    finally:
+        del head.forward
 
 
 def learned_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -99,6 +118,11 @@ def masked_ce_sum(
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if position_ids is not None:
         inputs["position_ids"] = position_ids
+    if gather_head and torch.is_grad_enabled() and isinstance(model.get_output_embeddings(), torch.nn.Linear):
+        # Training: head and loss fused, chunk by chunk, inside the model's forward.
+        with _head_loss_at(model, learned, targets) as loss_sum:
+            model(**inputs, logits_to_keep=0)
+        return loss_sum[0], count
     if gather_head:
         with _head_only_at(model, learned):
             # logits_to_keep=0 keeps every position, so the hook sees the full [B, T, H] it selects from.
