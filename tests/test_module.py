@@ -65,9 +65,9 @@ class GradCapture(pl.Callback):
             self.grads = {k: p.grad.detach().clone() for k, p in pl_module.model.named_parameters()}
 
 
-def first_step_grads(path, tmp_path, batch_size, accumulate):
+def first_step_grads(path, tmp_path, batch_size, accumulate, **data_kw):
     module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
-    dm = datamodule(path, tmp_path, batch_size=batch_size)
+    dm = datamodule(path, tmp_path, batch_size=batch_size, **data_kw)
     capture = GradCapture()
     pl.seed_everything(0)
     trainer = pl.Trainer(

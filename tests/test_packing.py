@@ -5,8 +5,7 @@ import torch
 from litsft.data.collate import SFTCollator
 from litsft.data.packing import PackedBatchSampler, PackedCollator, block_causal_mask, pack_bins
 from litsft.errors import LitSFTError
-from tests.conftest import SMOKE_MODEL
-from tests.test_module import NO_DROPOUT, GradCapture, datamodule, tiny_module
+from tests.test_module import datamodule, first_step_grads, tiny_module
 
 
 def lengths_and_labels(n=300, seed=0):
@@ -115,21 +114,7 @@ def test_packed_loss_equals_unpacked_loss(alpaca_file, tmp_path, attn, mask_prom
 
 
 def packed_first_step_grads(path, tmp_path, batch_size, accumulate):
-    import lightning.pytorch as pl
-
-    from litsft.module import SFTModule
-
-    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
-    dm = datamodule(path, tmp_path, batch_size=batch_size, packing=True, max_seq_length=64)
-    capture = GradCapture()
-    pl.seed_everything(0)
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, logger=False, callbacks=[capture],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0,
-    )  # fmt: skip
-    trainer.fit(module, datamodule=dm)
-    return capture.grads
+    return first_step_grads(path, tmp_path, batch_size, accumulate, packing=True, max_seq_length=64)
 
 
 def test_packed_accumulation_is_token_exact(alpaca_file, tmp_path):
