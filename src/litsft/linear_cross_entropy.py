@@ -4,7 +4,7 @@ Shapes: N learned positions, H hidden size, V vocabulary (GPT-2: 50,257), C posi
 Even at learned positions only, the fp32 logits of a micro-batch are big: 16 long Alpaca rows hold ~6,000
 learned tokens, i.e. 1.2 GB of logits, and autograd keeps that tensor, its log-softmax and its gradient alive
 at once (the peak memory of a step). On a CPU, every such allocation is a fresh `mmap` whose pages the kernel
-zeroes again each step: half the step time went to the kernel (measured). Here each chunk's logits live in
+zeroes again each step: ~40% of the CPU time went to the kernel (measured). Here each chunk's logits live in
 two [C, V] buffers (kept between calls on a CPU): the loss of the chunk and d(loss)/d(logits) = softmax - onehot
 are computed at once, multiplied into the gradients of the hidden states [N, H] and of the head's weight [V, H],
 and only those are kept for backward. Same FLOPs as autograd (one forward and two backward matmuls), no

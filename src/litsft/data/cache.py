@@ -15,7 +15,7 @@ import datasets
 from litsft.data.tokenize import RowCounts
 
 # Bump when tokenize.py changes what it stores: old cache entries then stop matching.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> str:

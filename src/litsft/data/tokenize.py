@@ -76,7 +76,8 @@ def tokenize_batch(
         prompt_len = min(prompt_len, len(ids))
         out["input_ids"].append(ids)
         out["prompt_len"].append(prompt_len)
-        out["num_labels"].append(len(ids) - prompt_len)
+        # Position 0 is never a target (nothing precedes it), also when mask_prompt=False.
+        out["num_labels"].append(len(ids) - max(prompt_len, 1))
         out["truncated"].append(truncated)
     return out
 
