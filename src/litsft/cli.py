@@ -20,7 +20,7 @@ from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
 from litsft.hf_loading import check_weights, context_length
 from litsft.module import SFTModule
-from litsft.resume import check_checkpoint, resolve_last_checkpoint, search_roots
+from litsft.resume import check_checkpoint, resolve_last_checkpoint
 from litsft.wandb_setup import LoggedConfigCallback, WandbRunIdCallback, finish_run, prepare_loggers
 
 # configs/default.yaml in a source checkout (editable install); absent in a wheel, where the class defaults,
@@ -104,14 +104,13 @@ class SFTCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI opens --ckpt_path right after parsing, to take the model's hyperparameters from it. First
-        # resolve `last` (the newest last.ckpt of the run's folders: Lightning would look in this run's new logger
-        # version only) and check the file, so a wrong path or file is one message, not a torch.load stack trace.
+        # resolve `last` (the newest last.ckpt of this run's checkpoint folders: Lightning would look in this run's new
+        # logger version only) and check the file, so a wrong path or file is one message, not a torch.load trace.
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else {}
         path, weights_only = config.get("ckpt_path"), config.get("weights_only") is not False
         if path == "last":
-            roots = search_roots(config.trainer.as_dict())
-            config.ckpt_path = resolve_last_checkpoint(roots, weights_only, subcommand)
+            config.ckpt_path = resolve_last_checkpoint(config.trainer.as_dict(), weights_only, subcommand)
         elif path and path not in ("best", "hpc") and not str(path).startswith("registry"):
             check_checkpoint(Path(path).expanduser(), weights_only, for_fit=subcommand == "fit")
         if weights_only:  # Lightning reads the hyperparameters with weights_only=True
