@@ -79,6 +79,9 @@ class AlpacaDataModule(LightningDataModule):
                 and optional `input`), rendered with the template; default: the validation rows.
         """
         super().__init__()
+        # In every checkpoint, so `validate|test|predict --ckpt_path` evaluate on the run's own data (cli.py). The
+        # tokenizer and trust_remote_code follow the model's (linked), which the checkpoint holds already.
+        self.save_hyperparameters(ignore=["tokenizer_name_or_path", "trust_remote_code"])
         self.template: PromptTemplate = get_template(prompt_template)
         for flag, value in (("max_seq_length", max_seq_length), ("batch_size", batch_size)):
             if value <= 0:
