@@ -80,7 +80,8 @@ def short_run(root: str, *extra: str) -> list[str]:
         "fit", "-c", str(REPO / "configs/smoke.yaml"), "--model.model_name_or_path", str(SMOKE_MODEL),
         "--data.dataset", str(REPO / "configs/smoke/alpaca_synthetic.json"), "--data.val_size", "16",
         "--trainer.default_root_dir", root, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "2",
+        "--trainer.enable_progress_bar", "false",
         "--samples.enabled", "false", "--export.enabled", "false", *extra,
     ]  # fmt: skip
 

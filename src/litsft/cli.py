@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,6 +20,14 @@ from litsft.callbacks.prediction_writer import PredictionWriter
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
 from litsft.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
+from litsft.console import (
+    ModelLineCallback,
+    quiet_libraries,
+    quiet_logs,
+    quiet_noise_warnings,
+    quiet_warnings,
+    run_summary,
+)
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
 from litsft.module import SFTModule
@@ -106,6 +116,8 @@ class SFTCLI(LightningCLI):
         check_run(self._config().model.as_dict(), self._config().data.as_dict(), check_model=self.checks_model)
         if self.subcommand:  # W&B offline fallback, save_dir under default_root_dir, run id on resume
             prepare_loggers(self._config(), self.subcommand)
+        quiet_warnings(self.subcommand, resuming=bool(self._config().get("ckpt_path")))
+        quiet_libraries()
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI opens --ckpt_path right after parsing, to take the model's hyperparameters from it. First
@@ -187,9 +199,14 @@ def refuse_optimizer_flags(args: list[str]) -> None:
 def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -> SFTCLI:
     """Build `cli_class` on `args`; bad input exits with status 2 and a one-paragraph message."""
     defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
+    started, cli, summary = time.monotonic(), None, None
+    noise_filters = warnings.catch_warnings()  # console.quiet_warnings' filters end with the command
+    noise_filters.__enter__()
+    quiet_noise_warnings()
+    quiet_logs()
     try:
         refuse_optimizer_flags(sys.argv[1:] if args is None else args)
-        return cli_class(
+        cli = cli_class(
             SFTModule,
             AlpacaDataModule,
             args=args,
@@ -199,8 +216,9 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
             auto_configure_optimizers=False,  # SFTModule.configure_optimizers is the one source (--model.*)
             trainer_defaults={
                 "use_distributed_sampler": False,
+                "enable_model_summary": False,  # a 15-line table; ModelLineCallback prints one line instead
                 # always on, nothing to configure (CpuThreadsCallback: set OMP_NUM_THREADS to choose yourself)
-                "callbacks": [DataAuditCallback(), WandbRunIdCallback(), CpuThreadsCallback()],
+                "callbacks": [DataAuditCallback(), WandbRunIdCallback(), CpuThreadsCallback(), ModelLineCallback()],
             },
             # jsonargparse gives subcommands the main parser's formatter: both get litsft's
             parser_kwargs={"formatter_class": HelpFormatter, **{name: parser_kwargs(defaults) for name in SUBCOMMANDS}}
@@ -219,7 +237,12 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
         print("litsft: interrupted.", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
+        summary = run_summary(cli, started) if cli is not None and run else None  # while the W&B run is open
         finish_run()  # one W&B run per job, also when jobs share a process (tests, notebooks)
+        noise_filters.__exit__(None, None, None)
+    if summary:  # the last lines of the command, after W&B's: where the run's outputs are
+        print(summary, flush=True)
+    return cli
 
 
 def cli_main(args: list[str] | None = None) -> SFTCLI:

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from litsft.console import no_datasets_progress
 from litsft.data.cache import TokenizedCache, default_cache_dir, tokenizer_fingerprint
 from litsft.data.collate import SFTCollator
 from litsft.data.packing import PackedBatchSampler, PackedCollator
@@ -160,7 +161,8 @@ class AlpacaDataModule(LightningDataModule):
                 f"{self.dataset}: all {counts.rows} rows were dropped: every prompt fills --data.max_seq_length "
                 f"({self.max_seq_length}). Raise max_seq_length."
             )
-        cache.save(processed, counts)
+        with no_datasets_progress():  # the Tokenizing bar above showed the long part
+            cache.save(processed, counts)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
