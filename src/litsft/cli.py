@@ -116,8 +116,8 @@ class SFTCLI(LightningCLI):
         check_run(self._config().model.as_dict(), self._config().data.as_dict(), check_model=self.checks_model)
         if self.subcommand:  # W&B offline fallback, save_dir under default_root_dir, run id on resume
             prepare_loggers(self._config(), self.subcommand)
-        quiet_warnings(self.subcommand, resuming=bool(self._config().get("ckpt_path")))
-        quiet_libraries()
+            quiet_warnings(self.subcommand, resuming=bool(self._config().get("ckpt_path")))
+            quiet_libraries()
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI opens --ckpt_path right after parsing, to take the model's hyperparameters from it. First
