@@ -6,6 +6,7 @@ import pytest
 
 from litsft.prompts import ALPACA
 from tests.conftest import SHARED_DATA
+from tests.seed_format import assert_seed_format, preview_plain
 
 ALPACA_FILE = SHARED_DATA / "alpaca" / "alpaca_data_first2000.json"
 
@@ -52,3 +53,16 @@ def test_real_rows_token_statistics(tmp_path, real_rows, gpt2_tokenizer):
     assert counts.rows == 2000 and counts.dropped == 0
     assert counts.empty_output == sum(1 for r in real_rows if not r["output"])
     assert min(kept["num_labels"]) >= 1
+
+
+def test_plain_is_the_seed_format_on_every_real_row(in_repo, tmp_path, gpt2_tokenizer):
+    """All real Alpaca rows in ../shared/data (26,101 distinct; ~60% without input), through `python -m
+    litsft.preview --data.prompt_template plain`, against the seed's rule written out independently."""
+    records, rows_seen = [], 0
+    for path in sorted((SHARED_DATA / "alpaca").glob("*.json")):
+        rows = json.loads(path.read_text())
+        out = preview_plain(path, SHARED_DATA / "gpt2-tokenizer", tmp_path / f"{path.stem}.jsonl", len(rows))
+        assert_seed_format(out, rows, gpt2_tokenizer, max_seq_length=512)
+        records += out
+        rows_seen += len(rows)
+    assert rows_seen >= 26_101 and len(records) == rows_seen
