@@ -158,7 +158,8 @@ def test_a_pretrained_folder_trains_in_train_mode_and_validates_in_eval_mode(pre
     probe = ModeProbe()
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=3, val_check_interval=2, callbacks=[probe], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False,
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
     assert len(probe.train_batches) == 3 and probe.train_batches == [{True}] * 3  # also after the validation at 2
