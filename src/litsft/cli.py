@@ -61,6 +61,41 @@ def check_strategy(strategy, accelerator) -> None:
         )
 
 
+def _is_zero_time(value) -> bool:
+    """`--trainer.max_time` of zero: "00:00:00:00" (DD:HH:MM:SS), a dict of units, or a timedelta."""
+    from datetime import timedelta
+
+    if isinstance(value, str):
+        try:
+            return all(float(part) == 0 for part in value.split(":"))
+        except ValueError:
+            return False  # Lightning reports the bad format itself
+    if isinstance(value, dict):
+        return all(float(v) == 0 for v in value.values())
+    return isinstance(value, timedelta) and value.total_seconds() == 0
+
+
+def check_trains_something(trainer) -> None:
+    """`fit` with a limit of zero would end at once and export the untrained model as the fine-tuned one: refuse."""
+    zero = [
+        f"--trainer.{key} {value}"
+        for key, value in (
+            ("max_steps", trainer.get("max_steps")),
+            ("max_epochs", trainer.get("max_epochs")),
+            ("limit_train_batches", trainer.get("limit_train_batches")),
+        )
+        if value is not None and not isinstance(value, bool) and value == 0
+    ]
+    if trainer.get("max_time") is not None and _is_zero_time(trainer.max_time):
+        zero.append(f"--trainer.max_time {trainer.max_time}")
+    if zero:
+        raise LitSFTError(
+            f"{' and '.join(zero)}: this run would train nothing (and export the untrained model as the fine-tuned "
+            "one). Give a positive limit (--trainer.max_steps -1 lets --trainer.max_epochs decide), or evaluate "
+            "without training with `python train.py validate`."
+        )
+
+
 def choose_validation_schedule(config) -> None:
     """litsft's schedule (`--validation.*`) unless a Lightning one is asked for; both at once is an error."""
     trainer, schedule = config.trainer, config.get("validation")
@@ -112,6 +147,8 @@ class SFTCLI(LightningCLI):
         accumulate = trainer.accumulate_grad_batches
         if not isinstance(accumulate, int) or accumulate < 1:  # 0 divides by zero later, -1 runs as if it were 1
             raise LitSFTError(f"--trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate}.")
+        if self.subcommand == "fit":
+            check_trains_something(trainer)
         choose_validation_schedule(self._config())
         if self.subcommand:  # W&B offline fallback, save_dir under default_root_dir, run id on resume
             prepare_loggers(self._config(), self.subcommand)
