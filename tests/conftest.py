@@ -72,7 +72,8 @@ def gpt2_tokenizer():
 def save_pretrained_tiny_gpt2(folder: Path, dropout: float = 0.1, seed: int = 0, **config) -> Path:
     """A tiny GPT-2 (the smoke model's shape and tokenizer) written with `save_pretrained`, as a user's model folder
     is: `from_pretrained` loads it in EVAL mode with the config's dropout (0.1 on attention, residual and
-    embeddings, like distilgpt2). `--model.random_init` builds its model in train mode and so hides any difference;
+    embeddings) and 1,024 positions, like distilgpt2, so configs/default.yaml runs on it unchanged.
+    `--model.random_init` builds its model in train mode and so hides any difference;
     tests of the path users take use this instead."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -82,7 +83,7 @@ def save_pretrained_tiny_gpt2(folder: Path, dropout: float = 0.1, seed: int = 0,
     hf_config = AutoConfig.from_pretrained(str(SMOKE_MODEL))
     for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
         setattr(hf_config, key, dropout)
-    for key, value in config.items():
+    for key, value in {"n_positions": 1024, **config}.items():
         setattr(hf_config, key, value)
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(hf_config).save_pretrained(str(folder))
