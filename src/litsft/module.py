@@ -97,6 +97,7 @@ class SFTModule(LightningModule):
             )
         else:
             model = load_model(hp.model_name_or_path, self.hf_config, hp.trust_remote_code)  # fp32, no code run
+            model.train()  # from_pretrained returns eval mode; evaluation loops switch to eval themselves
         if hp.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -115,9 +116,9 @@ class SFTModule(LightningModule):
 
     def on_fit_start(self) -> None:
         # `from_pretrained` returns the model in eval mode (dropout off), and Lightning (>= 2.2) keeps the modes it
-        # finds: without this a pretrained model would train without dropout. Set here, before the sanity check:
-        # validation and generation switch to eval mode and restore the mode they found, so training stays in
-        # train mode throughout (and Lightning's "module(s) in eval mode" warning has no cause).
+        # finds: a pretrained model would train without dropout. `configure_model` switches a freshly loaded model;
+        # this covers any mode left by whatever ran since. Before the sanity check: validation and generation switch
+        # to eval mode and restore the mode they found, so training stays in train mode throughout.
         self.train()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
