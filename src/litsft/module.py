@@ -41,6 +41,7 @@ class SFTModule(LightningModule):
         gather_head: bool = True,
         torch_compile: bool = False,
         max_new_tokens: int = 128,
+        dropout: float | None = None,
     ) -> None:
         """
         Args:
@@ -58,6 +59,9 @@ class SFTModule(LightningModule):
             gather_head: Run the LM head only at learned positions (same loss, less compute and memory).
             torch_compile: `torch.compile` each transformer block (regional compilation: compiles once for all blocks).
             max_new_tokens: Tokens generated per prompt by `predict`.
+            dropout: Set every dropout probability of the model to this: GPT-2's resid_pdrop, embd_pdrop and
+                attn_pdrop; `dropout`, `attention_dropout`, `hidden_dropout` ... in other families. Default (null):
+                the model config's own (distilgpt2: 0.1, as it was pretrained and as the seed trains it).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -66,9 +70,13 @@ class SFTModule(LightningModule):
                 from litsft.errors import LitSFTError
 
                 raise LitSFTError(f"--model.{flag} must be a positive number, got {value}.")
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            from litsft.errors import LitSFTError
+
+            raise LitSFTError(f"--model.dropout must be in [0, 1) (or null: the model's own), got {dropout}.")
         # Loading the config now (not the weights) fails early for a bad path or an offline hub id, and gives
         # the context length that the CLI checks against --data.max_seq_length.
-        self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides)
+        self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides, dropout)
         self.model = None
         # Token-weighted over all micro-batches (and ranks at compute), no host sync per step.
         self.train_loss = TokenMean()
@@ -89,6 +97,7 @@ class SFTModule(LightningModule):
             )
         else:
             model = load_model(hp.model_name_or_path, self.hf_config, hp.trust_remote_code)  # fp32, no code run
+            model.train()  # from_pretrained returns eval mode; evaluation loops switch to eval themselves
         if hp.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -104,6 +113,13 @@ class SFTModule(LightningModule):
             compile_blocks(model)
         self.model = model
         self._gather_head = hp.gather_head and head_can_be_gathered(model)
+
+    def on_fit_start(self) -> None:
+        # `from_pretrained` returns the model in eval mode (dropout off), and Lightning (>= 2.2) keeps the modes it
+        # finds: a pretrained model would train without dropout. `configure_model` switches a freshly loaded model;
+        # this covers any mode left by whatever ran since. Before the sanity check: validation and generation switch
+        # to eval mode and restore the mode they found, so training stays in train mode throughout.
+        self.train()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from litsft.sharding import full_state_dict
 
@@ -27,12 +27,22 @@ class ExportCallback(Callback):
         self.from_best = from_best
         self.exported_from: str | None = None
         self.exported_to: Path | None = None
+        self._trained = False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trained = False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self._trained = True
 
     def export_dir(self, trainer: Trainer) -> Path:
         return Path(self.dirpath or os.path.join(trainer.default_root_dir, "export"))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.interrupted:
+            return
+        if not self._trained:  # e.g. resumed from a checkpoint that had already reached max_steps / max_epochs
+            rank_zero_warn("litsft: this fit ran no training step, so nothing was exported.")
             return
         if self.from_best:
             self._load_best(trainer)
