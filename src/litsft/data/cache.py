@@ -15,7 +15,7 @@ import datasets
 from litsft.data.tokenize import RowCounts
 
 # Bump when tokenize.py changes what it stores: old cache entries then stop matching.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a post-processor EOS is no longer doubled; chat rows (label_spans)
 
 
 def default_cache_dir() -> str:

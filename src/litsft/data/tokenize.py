@@ -63,6 +63,10 @@ def tokenize_batch(
     eos = tokenizer.eos_token_id
     out: dict[str, list] = {"input_ids": [], "prompt_len": [], "num_labels": [], "truncated": []}
     for ids, offsets, prompt in zip(enc["input_ids"], enc["offset_mapping"], prompts, strict=True):
+        if len(ids) and ids[-1] == eos and tuple(offsets[-1]) == (0, 0):
+            # The tokenizer's post-processor appended its own EOS (a literal EOS in the text is text here, and
+            # would have offsets): drop it, so the EOS appended below is the one and only.
+            ids, offsets = ids[:-1], offsets[:-1]
         boundary = len(prompt)
         if mask_prompt:
             # First token that reaches past the prompt's last character. Special tokens added by the tokenizer
