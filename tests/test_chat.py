@@ -454,3 +454,32 @@ def test_prompts_files_take_conversations(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "assistant", "content": "only"}]}])
     with pytest.raises(LitSFTError, match="bad.jsonl, row 1: the conversation has no message before"):
         read_prompts(bad)
+
+
+@pytest.mark.parametrize(
+    ("rows", "flags", "message"),
+    [
+        (None, [], r"the tokenizer '.*tiny-gpt2' has no chat template.*--data.chat_template with one of: chatml"),
+        (None, ["--data.chat_template", "chatml"], r"'chatml' cannot be used for training: no control token follows"),
+        (None, ["--data.chat_template", "vicuna"], r"'vicuna' is neither a known chat template"),
+        ([{"messages": [{"role": "narrator", "content": "x"}]}], ["--data.chat_template", "zephyr"],
+         r"row 20, field 'messages', message 0: unknown role 'narrator'.*--data.role_map"),
+        ("alpaca", ["--data.chat_template", "zephyr"], r"holds Alpaca rows, not conversations.*--data.format messages"),
+        ("alpaca", ["--data.format", "chat"], r"--data.format: unknown format 'chat'"),
+    ],
+)  # fmt: skip
+def test_bad_chat_input_is_one_clear_message_and_nothing_runs(in_repo, tmp_path, alpaca_file, capsys, rows, flags,
+                                                              message):  # fmt: skip
+    import re
+
+    from tests.conftest import LEAN_ARGS, cli_one_thread, tiny_model_args
+
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    data = alpaca_file if rows == "alpaca" else write_jsonl(tmp_path / "chat.jsonl", [good] * 20 + (rows or []))
+    with pytest.raises(SystemExit) as exit_:
+        cli_one_thread(["fit", *tiny_model_args(tmp_path, data), *LEAN_ARGS, *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "litsft: error:" in err and "Traceback" not in err, err
+    assert re.search(message, err[err.index("litsft: error:") :], re.DOTALL), err
+    assert not (tmp_path / "run").exists(), "a bad input started a run"

@@ -238,3 +238,18 @@ def test_the_chat_config_runs_with_local_stand_ins(assets, tmp_path, in_repo):
     )  # fmt: skip
     assert cli.datamodule.chat is not None and cli.datamodule.chat.format.end_of_turn == "<|im_end|>"
     assert cli.trainer.global_step == 3 and (tmp_path / "run" / "export" / "litsft_chat.json").is_file()
+
+
+def test_generate_chat_flag_for_models_not_trained_here(assets, capsys):
+    models, _ = assets
+    records = generate_main(["--model", str(models["qwen2"]), "--chat", "--max_new_tokens", "3", "Hi there"])
+    tokenizer = load_tokenizer(str(models["qwen2"]))
+    conv = [{"role": "user", "content": "Hi there"}]
+    assert records[0]["prompt"] == tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    records = generate_main(["--model", str(models["llama"]), "--chat_template", "zephyr", "--max_new_tokens", "3",
+                             "Hi there"])  # fmt: skip
+    assert records[0]["prompt"] == "<s><|user|>\nHi there</s>\n<|assistant|>\n"
+    with pytest.raises(SystemExit) as exit_:
+        generate_main(["--model", str(models["llama"]), "--chat", "Hi"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "has no chat template" in err and "--chat_template" in err
