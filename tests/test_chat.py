@@ -483,3 +483,18 @@ def test_bad_chat_input_is_one_clear_message_and_nothing_runs(in_repo, tmp_path,
     assert "litsft: error:" in err and "Traceback" not in err, err
     assert re.search(message, err[err.index("litsft: error:") :], re.DOTALL), err
     assert not (tmp_path / "run").exists(), "a bad input started a run"
+
+
+def test_packed_chat_rows_keep_their_own_labels(tmp_path):
+    from litsft.data.packing import PackedCollator
+
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in awkward_conversations(30)])
+    dm = chat_datamodule(path, tmp_path, val_size=0, max_seq_length=512)
+    dm.setup("fit")
+    rows = [dm.train_rows[i] for i in range(8)]
+    batch = PackedCollator(dm.tokenizer.pad_token_id, capacity=512)(rows)
+    single = dm.collator()(rows)
+    # each row's learned labels, in order, equal its labels alone (a row's first token is never a target)
+    packed = batch["labels"][batch["labels"] != -100].tolist()
+    alone = [t for b in range(len(rows)) for t in single["labels"][b, 1:][single["labels"][b, 1:] != -100].tolist()]
+    assert packed == alone and len(packed) == sum(r["num_labels"] for r in rows)
