@@ -79,7 +79,7 @@ def _rng_scope(device: torch.device, seed: int | None):
 def generate_ids(
     model,
     prompts: list[list[int]],
-    eos_token_id: int,
+    eos_token_id: int | list[int],
     pad_token_id: int,
     max_new_tokens: int = 64,
     do_sample: bool = False,
@@ -92,6 +92,8 @@ def generate_ids(
     num_threads: int | None = None,
 ) -> list[tuple[list[int], bool]]:
     """New tokens for each prompt (EOS excluded) and whether generation stopped at EOS.
+
+    `eos_token_id`: one id or several (chat: the end-of-turn token and EOS); the answer ends at the first of them.
 
     `batch_size` prompts go through `generate` at a time (default: all). `deadline` cuts generation short when
     its time is up (check `deadline.expired`). `synced_gpus`: set on every rank of a sharded model, which must
@@ -109,6 +111,7 @@ def generate_ids(
     if deadline is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([deadline])
     step = batch_size or len(prompts)
+    stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
     results: list[tuple[list[int], bool]] = []
     try:
         with _rng_scope(device, seed if do_sample else None), cpu_threads(device, num_threads):
@@ -128,8 +131,8 @@ def generate_ids(
                 )
                 # out [b, P + new]: the prompt part is the padded input; after a row's EOS come pad tokens
                 for row in out[:, input_ids.shape[1] :].tolist():
-                    stopped = eos_token_id in row
-                    results.append((row[: row.index(eos_token_id)] if stopped else row, stopped))
+                    end = next((i for i, t in enumerate(row) if t in stops), None)
+                    results.append((row if end is None else row[:end], end is not None))
     finally:
         model.train(was_training)
     return results

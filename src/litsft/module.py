@@ -173,9 +173,14 @@ class SFTModule(LightningModule):
         self.val_eos_hits.update(hits)
         self.val_eos_total.update(total)
 
-    def _eos_token_id(self) -> int:
-        """The EOS that the data appends: the datamodule's tokenizer's, else the model config's."""
-        tokenizer = getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
+    def _eos_token_id(self) -> int | list[int]:
+        """The token(s) that end a learned answer: the datamodule's (EOS; chat: end of turn and EOS), else the
+        model config's EOS."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        stops = getattr(datamodule, "stop_token_ids", None)
+        if stops is not None:
+            return stops
+        tokenizer = getattr(datamodule, "tokenizer", None)
         return tokenizer.eos_token_id if tokenizer is not None else self.hf_config.eos_token_id
 
     def _log_eval(self, prefix: str) -> None:
@@ -207,7 +212,7 @@ class SFTModule(LightningModule):
             end = int(learned[0]) if len(learned) else int(mask.sum())
             prompts.append(ids[:end].tolist())
         answers = generate_ids(
-            self.model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, self.hparams.max_new_tokens
+            self.model, prompts, self._eos_token_id(), tokenizer.pad_token_id, self.hparams.max_new_tokens
         )
         return [
             {"prompt": tokenizer.decode(p), "response": tokenizer.decode(a), "stopped": stopped}

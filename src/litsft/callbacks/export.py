@@ -67,17 +67,23 @@ class ExportCallback(Callback):
 
 
 def export_model(pl_module: LightningModule, datamodule, folder: Path, state_dict: dict | None = None) -> Path:
-    """Save model weights (safetensors), config, generation config, tokenizer and the prompt template.
+    """Save model weights (safetensors), config, generation config, tokenizer and the prompt template (chat data:
+    the tokenizer carries the chat template trained with, and `litsft_chat.json` says how turns end).
 
     `state_dict`: the full (gathered) weights when the model is sharded; None saves the model's own.
     """
     folder.mkdir(parents=True, exist_ok=True)
     model = pl_module.model
     tokenizer = datamodule.tokenizer
-    # Generation stops at the EOS the model learned, and pads with the tokenizer's pad id.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Generation stops at the EOS the model learned (chat: the end-of-turn token, or EOS), and pads with the
+    # tokenizer's pad id.
+    stops = list(getattr(datamodule, "stop_token_ids", None) or [tokenizer.eos_token_id])
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(folder), state_dict=state_dict)
+    chat = getattr(datamodule, "chat", None)
+    if chat is not None:  # the exact template trained with: apply_chat_template and pipelines render the same
+        tokenizer.chat_template = chat.format.template
     tokenizer.save_pretrained(str(folder))
-    datamodule.template.save(folder)
+    (chat.format if chat is not None else datamodule.template).save(folder)
     return folder

@@ -51,20 +51,18 @@ def generates_on_all_ranks(trainer: Trainer, pl_module: LightningModule) -> bool
 
 
 def validation_prompts(datamodule, count: int, fits) -> list[SamplePrompt]:
-    """The first `count` validation rows (source order) whose prompt `fits`, those with an `input` first."""
+    """The first `count` validation rows (source order) whose prompt `fits`, those with context first (an `input`;
+    chat: earlier turns). Chat prompts are the conversation up to its last assistant turn."""
     if count <= 0 or getattr(datamodule, "val_rows", None) is None or not len(datamodule.val_rows):
         return []
-    from litsft.data.sources import load_rows
-
-    source, _ = load_rows(datamodule.dataset, datamodule.columns, datamodule.split)
     val_rows = sorted(datamodule.val_rows["row"][:])
     chosen: list[SamplePrompt] = []
-    for want_input in (True, False):
+    for want_context in (True, False):
         for start in range(0, len(val_rows), 256):  # read in slices: stop early on a large validation set
-            block = source.select(val_rows[start : start + 256])[:]
-            for instruction, input_, output in zip(block["instruction"], block["input"], block["output"]):
-                prompt = SamplePrompt(instruction, input_, output)
-                if bool(input_) == want_input and fits(prompt):
+            for prompt in datamodule.source_prompts(val_rows[start : start + 256]):
+                if not (prompt.instruction or prompt.messages):
+                    continue  # a conversation that opens with the assistant: nothing to ask
+                if bool(prompt.input or len(prompt.messages) > 1) == want_context and fits(prompt):
                     chosen.append(prompt)
                     if len(chosen) == count:
                         return chosen
@@ -155,6 +153,8 @@ class SampleGenerationCallback(Callback):
         room = (limit - self.max_new_tokens) if limit else None
 
         def encode(prompt: SamplePrompt) -> list[int]:
+            if hasattr(datamodule, "encode_prompt"):  # litsft's: the training template, or the chat template
+                return datamodule.encode_prompt(prompt)
             text = template.render(prompt.instruction, prompt.input)
             # Tokenized like the training rows (special tokens added, a literal "<|endoftext|>" is text).
             return tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
@@ -228,7 +228,7 @@ class SampleGenerationCallback(Callback):
             results = generate_ids(
                 model,
                 self._prompt_ids,
-                tokenizer.eos_token_id,
+                getattr(trainer.datamodule, "stop_token_ids", None) or tokenizer.eos_token_id,
                 tokenizer.pad_token_id,
                 max_new_tokens,
                 batch_size=self.batch_size,
