@@ -6,6 +6,7 @@ import math
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import SumMetric
 
 from litsft.data.packing import block_causal_mask
@@ -13,6 +14,7 @@ from litsft.data.tokenize import IGNORE_INDEX
 from litsft.eos_accuracy import capture_head_output, eos_hits
 from litsft.generation import generate_ids
 from litsft.hf_loading import load_config, load_model
+from litsft.lora import LoraSettings, as_hparams, lora_settings
 from litsft.loss import head_can_be_gathered, masked_ce_sum
 from litsft.metrics import TokenMean
 from litsft.optim import param_groups, warmup_cosine
@@ -42,6 +44,7 @@ class SFTModule(LightningModule):
         torch_compile: bool = False,
         max_new_tokens: int = 128,
         dropout: float | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         """
         Args:
@@ -62,9 +65,24 @@ class SFTModule(LightningModule):
             dropout: Set every dropout probability of the model to this: GPT-2's resid_pdrop, embd_pdrop and
                 attn_pdrop; `dropout`, `attention_dropout`, `hidden_dropout` ... in other families. Default (null):
                 the model config's own (distilgpt2: 0.1, as it was pretrained and as the seed trains it).
+            lora: Train low-rank adapters on the frozen model instead of every weight (`--model.lora.r 8`; needs
+                `pip install -e ".[lora]"`). Default (null) or r 0: full fine-tuning.
         """
         super().__init__()
+        self.lora = lora_settings(lora)  # None when off
+        lora = as_hparams(self.lora)  # hparams hold plain data: checkpoints load with weights_only=True
         self.save_hyperparameters()
+        if self.lora is not None:
+            from litsft.lora import import_peft
+
+            import_peft()  # a missing package fails now, not after the data is prepared
+            self.strict_loading = False  # checkpoints hold the adapters alone; load_state_dict checks their keys
+        # Set by configure_model with LoRA: the trainable parameters' count and state-dict keys, the frozen keys,
+        # and the frozen base's fingerprint (checked when a checkpoint is loaded).
+        self.adapter_params = 0
+        self.adapter_state_keys: set[str] = set()
+        self.frozen_state_keys: set[str] = set()
+        self.base_fingerprint: torch.Tensor | None = None
         for flag, value in (("learning_rate", learning_rate), ("warmup_ratio", warmup_ratio + 1e-12)):
             if not value > 0 or not math.isfinite(value):
                 from litsft.errors import LitSFTError
@@ -101,6 +119,12 @@ class SFTModule(LightningModule):
         if hp.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:  # after gradient checkpointing (peft adapts to it), before sharding and compiling
+            from litsft.lora import apply_lora, describe, weights_fingerprint
+
+            self.base_fingerprint = weights_fingerprint(model)
+            model = apply_lora(model, self.lora)
+            rank_zero_info(describe(model, self.lora))
         if self._device_mesh is not None:  # FSDP2 (litsft.strategies.FSDP2Strategy / ModelParallelStrategy)
             from litsft.sharding import apply_fsdp2
 
@@ -113,6 +137,11 @@ class SFTModule(LightningModule):
             compile_blocks(model)
         self.model = model
         self._gather_head = hp.gather_head and head_can_be_gathered(model)
+        if self.lora is not None:
+            trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+            self.adapter_params = sum(p.numel() for _, p in trainable)  # global counts, also when sharded
+            self.adapter_state_keys = {f"model.{name}" for name, _ in trainable}
+            self.frozen_state_keys = set(self.state_dict()) - self.adapter_state_keys
 
     def on_fit_start(self) -> None:
         # `from_pretrained` returns the model in eval mode (dropout off), and Lightning (>= 2.2) keeps the modes it
@@ -218,6 +247,29 @@ class SFTModule(LightningModule):
             {"prompt": tokenizer.decode(p), "response": tokenizer.decode(a), "stopped": stopped}
             for p, (a, stopped) in zip(prompts, answers, strict=True)
         ]
+
+    # -- LoRA checkpoints: the adapters and their optimizer state only ----------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None:
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in self.adapter_state_keys}
+            checkpoint["lora_base_fingerprint"] = self.base_fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None:
+            from litsft.lora import check_fingerprint
+
+            check_fingerprint(checkpoint.get("lora_base_fingerprint"), self.base_fingerprint)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """With LoRA, a state dict of the adapters alone loads (the frozen base comes from the model's own source)."""
+        if self.lora is None or not self.adapter_state_keys:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        from litsft.lora import check_adapter_keys
+
+        check_adapter_keys(state_dict.keys(), self.adapter_state_keys, self.frozen_state_keys)
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     # -- optimization ---------------------------------------------------------------------------------------
 
