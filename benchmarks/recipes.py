@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
+from pathlib import Path
 
 import torch
 
@@ -162,10 +164,19 @@ def litsft_fit(cfg: dict, device: str, extra: list[str]) -> dict:
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, ThroughputCallback))
     s = callback.summary
     loss = cli.trainer.callback_metrics.get("train/loss")
+    # What a checkpoint of this run weighs (weights + optimizer state; LoRA: the adapters and theirs only), after
+    # the timed loop.
+    checkpoint = Path(cfg["workdir"]) / f"size-{os.getpid()}.ckpt"
+    cli.trainer.save_checkpoint(checkpoint)
+    checkpoint_bytes = checkpoint.stat().st_size
+    checkpoint.unlink()
+    params = list(cli.model.model.parameters())
     return {
         "supervised_tokens": s["supervised_tokens"], "total_tokens": s["total_tokens"],
         "token_slots": s["token_slots"], "seconds": s["seconds"], "rows": len(cli.datamodule.train_rows),
         "loss": float(loss) if loss is not None else None, "mfu": s.get("train/mfu"),
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "params": sum(p.numel() for p in params), "checkpoint_bytes": checkpoint_bytes,
     }  # fmt: skip
 
 

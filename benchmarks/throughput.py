@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                        # CPU: small GPT-2 (vocab 50,257), 2,000 real rows
     python benchmarks/throughput.py --variants packed,compiled,full-head,workers0   # extra litsft rows
+    python benchmarks/throughput.py --recipes litsft --variants lora   # LoRA against full fine-tuning
     python benchmarks/throughput.py --model distilgpt2 --rows 52000 --seed-rows 5000   # GPU (bf16-mixed)
 
 (a) seed: Hugging Face Trainer, batch 1 x accumulate 100, prompt masked (the tutorial's recipe);
@@ -33,6 +34,7 @@ VARIANTS = {  # extra litsft rows: name -> (label, flags); "{packed_batch}" is f
     "compiled": ("litsft --model.torch_compile true", ["--model.torch_compile", "true"]),
     "full-head": ("litsft --model.gather_head false", ["--model.gather_head", "false"]),
     "workers0": ("litsft --data.num_workers 0", ["--data.num_workers", "0"]),
+    "lora": ("litsft --model.lora.r 8", ["--model.lora.r", "8"]),  # LoRA on all block projections
 }
 
 
@@ -147,6 +149,14 @@ def main() -> None:
         for name, label, _ in jobs:
             baseline = name not in ("seed", "raw")  # ratios are litsft's: to the seed recipe and to the raw loop
             print(row(label, results[name], results.get("seed"), results.get("raw") if baseline else None))
+        litsft_jobs = [(label, results[name]) for name, label, _ in jobs if "trainable_params" in results[name]]
+        if any(r["trainable_params"] < r["params"] for _, r in litsft_jobs):  # LoRA: what is trained and saved
+            print(f"{'recipe':<36} {'trainable':>11} {'of params':>11} {'share':>7} {'checkpoint MB':>14}")
+            for label, r in litsft_jobs:
+                print(
+                    f"{label:<36} {r['trainable_params']:>11,} {r['params']:>11,} "
+                    f"{r['trainable_params'] / r['params']:>7.2%} {r['checkpoint_bytes'] / 2**20:>14.2f}"
+                )
         if args.repeats > 1:
             print("all runs, learned tokens/s: " + "; ".join(
                 f"{name} " + " / ".join(f"{rate(r):,.0f}" for r in rs) for name, rs in runs.items()

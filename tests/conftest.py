@@ -79,6 +79,34 @@ def gpt2_tokenizer():
     return load_tokenizer(str(folder))
 
 
+def save_pretrained_tiny_gpt2(folder: Path, dropout: float = 0.1, seed: int = 0, **config) -> Path:
+    """A tiny GPT-2 (the smoke model's shape and tokenizer) written with `save_pretrained`, as a user's model folder
+    is: `from_pretrained` loads it in EVAL mode with the config's dropout (0.1 on attention, residual and
+    embeddings) and 1,024 positions, like distilgpt2, so configs/default.yaml runs on it unchanged.
+    `--model.random_init` builds its model in train mode and so hides any difference;
+    tests of the path users take use this instead."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from litsft.hf_loading import load_tokenizer
+
+    hf_config = AutoConfig.from_pretrained(str(SMOKE_MODEL))
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        setattr(hf_config, key, dropout)
+    for key, value in {"n_positions": 1024, **config}.items():
+        setattr(hf_config, key, value)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(hf_config).save_pretrained(str(folder))
+    load_tokenizer(str(SMOKE_MODEL)).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pretrained_model(tmp_path_factory) -> Path:
+    """A `save_pretrained` folder of a tiny GPT-2 with dropout 0.1 (see `save_pretrained_tiny_gpt2`)."""
+    return save_pretrained_tiny_gpt2(tmp_path_factory.mktemp("pretrained") / "tiny-gpt2")
+
+
 def write_rows(path: Path, rows: list[dict], jsonl: bool = False) -> Path:
     if jsonl:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))

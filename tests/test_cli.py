@@ -2,6 +2,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from litsft.cli import cli_main
@@ -78,3 +79,44 @@ def test_bad_input_is_one_clear_message_before_training(in_repo, tmp_path, alpac
     assert err.startswith("litsft: error:") and "Traceback" not in err
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+# -- runs that would train nothing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--trainer.max_steps", "0"],
+        ["--trainer.max_epochs", "0"],
+        ["--trainer.limit_train_batches", "0"],
+        ["--trainer.limit_train_batches", "0.0"],
+        ["--trainer.max_time", "00:00:00:00"],
+    ],
+    ids=["max_steps", "max_epochs", "limit_train_batches-int", "limit_train_batches-float", "max_time"],
+)
+def test_a_run_that_would_train_nothing_is_refused_before_it_starts(in_repo, tmp_path, alpaca_file, capsys, flags):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *tiny_model_args(tmp_path, alpaca_file, *flags)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"litsft: error: --trainer.{flags[0].split('.')[-1]} {flags[1]}: this run would train nothing" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()  # nothing trained, nothing exported
+
+
+def test_limits_of_zero_are_fine_where_nothing_is_trained_anyway(in_repo, tmp_path, alpaca_file):
+    cli = cli_main(["validate", *tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "0")])
+    assert "val/loss" in cli.trainer.callback_metrics
+
+
+def test_a_finished_run_resumed_trains_nothing_and_exports_nothing(in_repo, tmp_path, smoke_wandb_run):
+    _, run = smoke_wandb_run
+    last = next(run.rglob("last.ckpt"))
+    root = tmp_path / "again"
+    with pytest.warns(UserWarning, match="this fit ran no training step, so nothing was exported"):
+        cli = cli_main(
+            ["fit", "-c", "configs/smoke.yaml", "--trainer.default_root_dir", str(root), "--trainer.logger", "false",
+             "--samples.enabled", "false", "--ckpt_path", str(last)]
+        )  # fmt: skip
+    assert cli.trainer.global_step == torch.load(last, weights_only=True, map_location="cpu")["global_step"]
+    assert not (root / "export").exists()

@@ -61,6 +61,25 @@ def test_deadline_cuts_generation_and_says_so(sharp_model, tiny_tokenizer):
     assert not relaxed.expired
 
 
+def test_generation_runs_on_the_asked_cpu_threads_and_restores_the_process_setting(sharp_model, tiny_tokenizer):
+    """A sample round runs on one CPU thread (`--samples.cpu_threads`); training's thread count comes back after."""
+    seen = []
+    hook = sharp_model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prompts = encode(tiny_tokenizer, ["Hi.", "Why is the sky blue?"])
+        eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+        one = generate_ids(sharp_model, prompts, eos, pad, max_new_tokens=8, num_threads=1)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        assert generate_ids(sharp_model, prompts, eos, pad, max_new_tokens=8) == one  # None: the process's threads
+        assert set(seen) == {2}
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+
+
 def test_generate_compare_prints_base_and_fine_tuned_answers(smoke_wandb_run, tmp_path, capsys):
     _, run = smoke_wandb_run
     export = run / "export"

@@ -142,3 +142,73 @@ def test_val_loss_is_token_weighted_over_the_whole_set(alpaca_file, tmp_path):
             batch_means.append(float(loss_sum) / int(n))
     assert logged == pytest.approx(total / tokens, rel=1e-6)
     assert abs(sum(batch_means) / len(batch_means) - total / tokens) > 1e-4  # the two differ on this data
+
+
+# -- train and eval mode, dropout (a pretrained folder loads in eval mode; random_init would hide it) -------------
+
+
+def test_a_pretrained_folder_trains_in_train_mode_and_validates_in_eval_mode(pretrained_model, alpaca_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.probes import ModeProbe, module_modes
+
+    assert module_modes(AutoModelForCausalLM.from_pretrained(str(pretrained_model))) == {False}  # what loading does
+    module = SFTModule(model_name_or_path=str(pretrained_model))
+    dm = datamodule(alpaca_file, tmp_path, val_size=8)
+    probe = ModeProbe()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, val_check_interval=2, callbacks=[probe], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert len(probe.train_batches) == 3 and probe.train_batches == [{True}] * 3  # also after the validation at 2
+    assert len(probe.val_batches) >= 4 and all(m == {False} for m in probe.val_batches)  # sanity check + step 2
+    dropouts = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and {m.p for m in dropouts} == {0.1}  # the config's dropout, and it is on in training
+
+
+def test_dropout_flag_sets_every_dropout_probability(pretrained_model):
+    for p in (0.0, 0.25):
+        module = SFTModule(model_name_or_path=str(pretrained_model), dropout=p)
+        module.configure_model()
+        config = module.model.config
+        assert (config.resid_pdrop, config.embd_pdrop, config.attn_pdrop) == (p, p, p)
+        assert {m.p for m in module.model.modules() if isinstance(m, torch.nn.Dropout)} == {p}
+    module.model.train()
+    batch = torch.randint(0, 1000, (2, 16))
+    assert not torch.equal(module(batch).logits, module(batch).logits)  # 0.25 in train mode: two passes differ
+    module.model.eval()
+    assert torch.equal(module(batch).logits, module(batch).logits)
+
+
+@pytest.mark.parametrize(
+    ("family", "fields"),
+    [
+        ("GPT2Config", ["attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_first_dropout"]),
+        ("LlamaConfig", ["attention_dropout"]),
+        ("OPTConfig", ["attention_dropout", "dropout"]),  # not `layerdrop` (skipping layers is not dropout)
+        ("GPTNeoXConfig", ["attention_dropout", "classifier_dropout", "hidden_dropout"]),
+    ],
+)
+def test_dropout_names_of_other_families(family, fields):
+    import transformers
+
+    from litsft.hf_loading import set_dropout
+
+    config = getattr(transformers, family)()
+    assert set_dropout(config, 0.05) == fields
+    assert all(getattr(config, f) == 0.05 for f in fields)
+
+
+def test_dropout_flag_errors_name_the_flag(pretrained_model):
+    from transformers import PretrainedConfig
+
+    from litsft.errors import LitSFTError
+    from litsft.hf_loading import set_dropout
+
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(LitSFTError, match=r"--model.dropout must be in \[0, 1\)"):
+            SFTModule(model_name_or_path=str(pretrained_model), dropout=bad)
+    with pytest.raises(LitSFTError, match="--model.dropout: the config of 'x' .* has no dropout field"):
+        set_dropout(PretrainedConfig(), 0.1, "x")

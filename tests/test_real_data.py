@@ -6,6 +6,7 @@ import pytest
 
 from litsft.prompts import ALPACA
 from tests.conftest import SHARED_DATA
+from tests.seed_format import assert_seed_format, preview_plain
 
 ALPACA_FILE = SHARED_DATA / "alpaca" / "alpaca_data_first2000.json"
 
@@ -52,3 +53,14 @@ def test_real_rows_token_statistics(tmp_path, real_rows, gpt2_tokenizer):
     assert counts.rows == 2000 and counts.dropped == 0
     assert counts.empty_output == sum(1 for r in real_rows if not r["output"])
     assert min(kept["num_labels"]) >= 1
+
+
+def test_plain_is_the_seed_format_on_every_real_row(in_repo, tmp_path, real_rows, gpt2_tokenizer):
+    """All 26,101 real Alpaca rows in ../shared/data (~60% without input), through `python -m litsft.preview
+    --data.prompt_template plain`, against the seed's rule written out independently."""
+    path = SHARED_DATA / "alpaca" / "alpaca_data_subset_26101.json"
+    rows = json.loads(path.read_text())
+    assert rows[: len(real_rows)] == real_rows  # the other file is its first 2,000 rows: every row is covered
+    records = preview_plain(path, SHARED_DATA / "gpt2-tokenizer", tmp_path / "plain.jsonl", len(rows))
+    assert sum(1 for r in rows if not r["input"]) > 0.5 * len(rows)
+    assert_seed_format(records, rows, gpt2_tokenizer, max_seq_length=512)

@@ -19,7 +19,8 @@ from litsft.resume import resume_command
 from tests.conftest import LEAN_ARGS, REPO, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
 
 # 104 rows - 8 validation = 96 training rows = 24 micro-batches of 4 = 12 optimizer steps per epoch (accumulate
-# 2); validation every 12 micro-batches (val_check_interval 0.5), i.e. mid-epoch and at the end, on step ends.
+# 2); validation every 12 micro-batches (Lightning's val_check_interval 0.5, set here), i.e. mid-epoch and at the
+# end, on step ends. (litsft's own schedule, --validation.*, resumes exactly too: tests/test_validation_schedule.py.)
 STEPS_PER_EPOCH = 12
 
 
@@ -33,7 +34,8 @@ def data(tmp_path_factory):
 def run_args(root, data, *extra) -> list[str]:
     return [
         "fit", *tiny_model_args(root, data), *LEAN_ARGS, *csv_logger_args(root),
-        "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2", *extra,
+        "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "0.5",
+        *extra,
     ]  # fmt: skip
 
 

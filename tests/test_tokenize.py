@@ -43,10 +43,11 @@ def test_plain_boundary_is_exact_when_bpe_merges_across_it(tiny_tokenizer, respo
 
 
 def test_plain_boundary_on_the_real_gpt2_tokenizer(gpt2_tokenizer):
-    # "Say hi: " + "hello": GPT-2 makes " hello" one token across the seam; it must be learned.
-    ids, labels, _ = encode(gpt2_tokenizer, PLAIN, "Say hi", "", "hello")
+    # The seed's format has no separator without input: "Write the plural of cat" + "s" is one GPT-2 token " cats"
+    # across the seam; it holds a response character, so it must be learned.
+    ids, labels, _ = encode(gpt2_tokenizer, PLAIN, "Write the plural of cat", "", "s")
     assert [gpt2_tokenizer.decode([t]) for t, lab in zip(ids, labels) if lab != IGNORE_INDEX] == [
-        " hello",
+        " cats",
         "<|endoftext|>",
     ]
 

@@ -19,6 +19,7 @@ from litsft.callbacks.nonfinite import NonFiniteLossCallback
 from litsft.callbacks.prediction_writer import PredictionWriter
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
+from litsft.callbacks.validation_schedule import ValidationSchedule
 from litsft.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
 from litsft.console import (
     ModelLineCallback,
@@ -74,6 +75,64 @@ def check_strategy(strategy, accelerator) -> None:
         )
 
 
+def _is_zero_time(value) -> bool:
+    """`--trainer.max_time` of zero: "00:00:00:00" (DD:HH:MM:SS), a dict of units, or a timedelta."""
+    from datetime import timedelta
+
+    if isinstance(value, str):
+        try:
+            return all(float(part) == 0 for part in value.split(":"))
+        except ValueError:
+            return False  # Lightning reports the bad format itself
+    if isinstance(value, dict):
+        return all(float(v) == 0 for v in value.values())
+    return isinstance(value, timedelta) and value.total_seconds() == 0
+
+
+def check_trains_something(trainer) -> None:
+    """`fit` with a limit of zero would end at once and export the untrained model as the fine-tuned one: refuse."""
+    zero = [
+        f"--trainer.{key} {value}"
+        for key, value in (
+            ("max_steps", trainer.get("max_steps")),
+            ("max_epochs", trainer.get("max_epochs")),
+            ("limit_train_batches", trainer.get("limit_train_batches")),
+        )
+        if value is not None and not isinstance(value, bool) and value == 0
+    ]
+    if trainer.get("max_time") is not None and _is_zero_time(trainer.max_time):
+        zero.append(f"--trainer.max_time {trainer.max_time}")
+    if zero:
+        raise LitSFTError(
+            f"{' and '.join(zero)}: this run would train nothing (and export the untrained model as the fine-tuned "
+            "one). Give a positive limit (--trainer.max_steps -1 lets --trainer.max_epochs decide), or evaluate "
+            "without training with `python train.py validate`."
+        )
+
+
+def choose_validation_schedule(config) -> None:
+    """litsft's schedule (`--validation.*`) unless a Lightning one is asked for; both at once is an error."""
+    trainer, schedule = config.trainer, config.get("validation")
+    if schedule is None:
+        return
+    lightning_flags = [
+        f"--trainer.{key} {value}"
+        for key, value in (
+            ("val_check_interval", trainer.get("val_check_interval")),
+            ("check_val_every_n_epoch", trainer.get("check_val_every_n_epoch")),
+        )
+        if value is not None and not (key == "check_val_every_n_epoch" and value == 1)
+    ]
+    if not lightning_flags:
+        return
+    if schedule.get("every_n_steps") is not None:
+        raise LitSFTError(
+            f"{' and '.join(lightning_flags)} and --validation.every_n_steps {schedule.every_n_steps} both say when "
+            "to validate. Keep one: --validation.every_n_steps counts optimizer steps over the whole run."
+        )
+    schedule.enabled = False  # Lightning's val_check_interval / check_val_every_n_epoch, as given
+
+
 class SFTCLI(LightningCLI):
     checks_model = True  # the preflight check loads the model's config (preview needs only the data side)
 
@@ -87,6 +146,7 @@ class SFTCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLossCallback, "nonfinite")  # NaN/inf loss: stop, or skip
         parser.add_lightning_class_args(InterruptCallback, "interrupt")  # SIGTERM/Ctrl-C: last.ckpt, exact resume
         parser.add_lightning_class_args(ThroughputCallback, "throughput")  # always on: --throughput.enabled false
+        parser.add_lightning_class_args(ValidationSchedule, "validation")  # ~10 validations per run, step-aligned
         parser.add_lightning_class_args(PredictionWriter, "predictions")  # `predict` -> JSONL
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
@@ -112,6 +172,9 @@ class SFTCLI(LightningCLI):
         accumulate = trainer.accumulate_grad_batches
         if not isinstance(accumulate, int) or accumulate < 1:  # 0 divides by zero later, -1 runs as if it were 1
             raise LitSFTError(f"--trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate}.")
+        if self.subcommand == "fit":
+            check_trains_something(trainer)
+        choose_validation_schedule(self._config())
         # Model, tokenizer, dataset, max_seq_length: all problems at once, the hub's reachability decided once.
         check_run(self._config().model.as_dict(), self._config().data.as_dict(), check_model=self.checks_model)
         if self.subcommand:  # W&B offline fallback, save_dir under default_root_dir, run id on resume

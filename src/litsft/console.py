@@ -39,6 +39,8 @@ NOISE_WARNINGS = [
     # litsft always instantiates the callbacks that wrote its checkpoints
     (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided",
      r"lightning\.pytorch\.trainer\.call"),
+    # peft probes `model.is_gradient_checkpointing`, renamed in transformers 5.2x (the old name warns)
+    (r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
     # litsft's loaders are an empty list on purpose where there are no rows (--data.val_size 0, test or predict)
     (r"Total length of `list` across ranks is zero", r"lightning\.pytorch\.utilities\.data"),
 ]  # fmt: skip

@@ -1,7 +1,8 @@
 """Training FLOPs of the tokens a batch actually holds, and the peak FLOP/s of known accelerators (for MFU).
 
-Matmul FLOPs only (2 per multiply-add); a training step costs 3x the forward (backward = 2x forward). With d the
-hidden size, q = heads * head_dim, kv = kv_heads * head_dim, f the MLP width, V the vocabulary:
+Matmul FLOPs only (2 per multiply-add); a training step costs 3x the forward (backward = 2x forward: the gradients
+of the input and of the weight). With d the hidden size, q = heads * head_dim, kv = kv_heads * head_dim, f the MLP
+width, V the vocabulary:
 
     dense, per token and layer:        2 * (d * (q + 2 * kv) + q * d + m * d * f)   m = 2 (GPT-2 MLP), 3 (gated MLP)
     attention, per (query, key) pair:  2 * 2 * q per layer                          scores Q K^T, then A V
@@ -13,11 +14,15 @@ only at learned positions when litsft gathers them (`--model.gather_head`). Embe
 activations, softmax, biases and the optimizer are left out (a few % for these models): this is the usual
 "model FLOPs" of MFU (PaLM, appendix B), not the hardware FLOPs (recomputation by gradient checkpointing is
 not counted).
+
+With LoRA (`--model.lora`) the base weights are frozen: their matmuls need the input's gradient only, so they cost
+2x their forward, not 3x (the LM head too); attention's two matmuls multiply activations, so they stay at 3x, and
+so do the adapters (A [r, in] and B [out, r]: 2 * r * (in + out) forward FLOPs per token and module).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Dense (no structured sparsity) peak FLOP/s per GPU from NVIDIA's data sheets, by compute dtype. "tf32" is
 # what fp32 matmuls run at when torch allows TF32 (`torch.set_float32_matmul_precision("high")`).
@@ -78,6 +83,12 @@ class ModelShape:
     ffn: int
     gated_mlp: bool
     vocab: int
+    adapter_params: int = 0  # LoRA: elements of all A and B matrices (each one multiply-add per token)
+    frozen_base: bool = False  # LoRA: every weight but the adapters' is frozen
+
+    def with_adapters(self, adapter_params: int) -> ModelShape:
+        """The same model with its base frozen and `adapter_params` trainable adapter weights (LoRA)."""
+        return replace(self, adapter_params=adapter_params, frozen_base=True)
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
@@ -128,13 +139,19 @@ class ModelShape:
         """Forward FLOPs of the LM head at one position."""
         return 2 * self.hidden * self.vocab
 
+    @property
+    def adapter_flops_per_token(self) -> int:
+        """Forward FLOPs of all LoRA adapters for one token: x -> A x -> B (A x)."""
+        return 2 * self.adapter_params
+
 
 def training_flops(shape: ModelShape, tokens: int, attention_pairs: int, head_tokens: int) -> int:
     """FLOPs of forward + backward over `tokens` real tokens with `attention_pairs` causal (query, key) pairs,
     the LM head running at `head_tokens` positions."""
-    forward = (
-        tokens * shape.dense_flops_per_token
-        + attention_pairs * shape.attention_flops_per_pair
-        + head_tokens * shape.head_flops_per_token
-    )
-    return 3 * forward
+    dense = tokens * shape.dense_flops_per_token
+    attention = attention_pairs * shape.attention_flops_per_pair
+    head = head_tokens * shape.head_flops_per_token
+    if not shape.frozen_base:
+        return 3 * (dense + attention + head)
+    # frozen weights: forward + the input's gradient; attention and adapters: forward + both gradients
+    return 2 * (dense + head) + 3 * (attention + tokens * shape.adapter_flops_per_token)

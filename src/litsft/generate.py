@@ -3,10 +3,14 @@
     python -m litsft.generate --model runs/alpaca-distilgpt2/export "Give three tips for staying healthy."
     python -m litsft.generate --model runs/alpaca-distilgpt2/export --compare distilgpt2 "Explain gravity."
     python -m litsft.generate --model runs/smoke/export --prompts_file prompts.jsonl --max_new_tokens 64
+    python -m litsft.generate --model runs/chat/export --chat --system "Answer briefly." "Explain gravity."
 
 Each prompt is rendered with the fine-tuned model's own prompt template (saved in its export folder; else
 `--template`), generated greedily (or `--do_sample` with `--seed`), left-padded in batches, and stopped at
-EOS. `--compare BASE` answers the same rendered prompts with BASE, so you see what fine-tuning changed.
+EOS. `--chat` (the default for a model fine-tuned on chat data) renders each prompt as a user message (after
+`--system`, or a prompts file's `messages`) with the model's chat template and the generation prompt, and stops at
+the end of the assistant's turn. `--compare BASE` answers the same rendered prompts with BASE, so you see what
+fine-tuning changed.
 A BASE folder holding only a config (like configs/smoke/tiny-gpt2) is built with random weights, as the
 smoke run's base was.
 """
@@ -86,14 +90,38 @@ def choose_template(model: str, name: str | None) -> PromptTemplate:
     return get_template("alpaca")
 
 
-def answer(model, tokenizer, texts: list[str], args) -> list[Answer]:
+def chat_format(args):
+    """The fine-tuned model's chat template (`--chat`, or saved with a model fine-tuned on chat data), or None."""
+    from litsft.data.chat import CHAT_FILE, ChatFormat
+
+    trained_on_chat = (Path(args.model).expanduser() / CHAT_FILE).is_file()
+    if not (args.chat or trained_on_chat or args.chat_template):
+        return None
+    from litsft.hf_loading import load_tokenizer
+
+    return ChatFormat(load_tokenizer(args.model, flag="--model"), args.chat_template, flag="--chat_template")
+
+
+def stop_ids(tokenizer, chat) -> list[int]:
+    """Where an answer ends for `tokenizer`: EOS, and in chat the fine-tuned template's end-of-turn token."""
+    stops = [tokenizer.eos_token_id]
+    if chat is not None:
+        end = tokenizer.convert_tokens_to_ids(chat.end_of_turn)
+        if end is not None and end != tokenizer.unk_token_id and end not in stops:
+            stops.insert(0, end)
+    return stops
+
+
+def answer(model, tokenizer, texts: list[str], args, chat=None) -> list[Answer]:
     from litsft.generation import generate_ids
 
-    ids = [tokenizer(t, add_special_tokens=True, split_special_tokens=True)["input_ids"] for t in texts]
+    # Chat text holds the template's special tokens as text: tokenized as they are, nothing added (as in training).
+    kwargs = {"add_special_tokens": False} if chat is not None else {"add_special_tokens": True}
+    ids = [tokenizer(t, split_special_tokens=chat is None, **kwargs)["input_ids"] for t in texts]
     results = generate_ids(
         model,
         ids,
-        tokenizer.eos_token_id,
+        stop_ids(tokenizer, chat),
         tokenizer.pad_token_id,
         args.max_new_tokens,
         do_sample=args.do_sample,
@@ -140,6 +168,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", default="", help="An `input` for every prompt (Alpaca's second field).")
     parser.add_argument("--prompts_file", default=None, help=".txt (one per line), .json or .jsonl prompts.")
     parser.add_argument("--template", default=None, help="Prompt template (default: the model's, else alpaca).")
+    parser.add_argument(
+        "--chat", action="store_true", help="Render prompts with the model's chat template (default for chat models)."
+    )
+    parser.add_argument("--system", default=None, help="A system message before each chat prompt.")
+    parser.add_argument(
+        "--chat_template", default=None, help="Chat template for a model without one: chatml, zephyr or a .jinja file."
+    )
     parser.add_argument("--max_new_tokens", type=int, default=128, help="Most tokens per answer (EOS stops too).")
     parser.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature.")
@@ -163,8 +198,14 @@ def run(args: argparse.Namespace, out=None) -> list[dict]:
         prompts += read_prompts(args.prompts_file)
     if not prompts:
         raise LitSFTError("no prompt given: pass instructions as arguments or --prompts_file FILE.")
-    template = choose_template(args.model, args.template)
-    texts = [template.render(p.instruction, p.input) for p in prompts]
+    chat = chat_format(args)
+    if chat is not None:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        convs = [(system if not p.messages else []) + p.conversation() for p in prompts]
+        texts = [chat.render(c, add_generation_prompt=True) for c in convs]
+    else:
+        template = choose_template(args.model, args.template)
+        texts = [template.render(p.instruction, p.input) for p in prompts]
     models = [("fine-tuned", args.model)] + ([("base", args.compare)] if args.compare else [])
     check_hub([name for _, name in models])  # offline: decided once, then the cache answers at once (no retries)
     answers: dict[str, list[Answer]] = {}
@@ -174,7 +215,7 @@ def run(args: argparse.Namespace, out=None) -> list[dict]:
         tokenizer = load_tokenizer_for(name, None if role == "fine-tuned" else args.model, flag)
         if torch.cuda.is_available():
             model = model.cuda()
-        answers[role] = answer(model, tokenizer, texts, args)
+        answers[role] = answer(model, tokenizer, texts, args, chat)
         del model
     width = args.width or shutil.get_terminal_size((120, 24)).columns
     order = [("base", args.compare), ("fine-tuned", args.model)] if args.compare else [("fine-tuned", args.model)]

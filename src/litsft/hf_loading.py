@@ -74,7 +74,37 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, flag: str = "--mo
     return tokenizer
 
 
-def load_config(name: str, trust_remote_code: bool = False, overrides: dict[str, Any] | None = None):
+def dropout_fields(config) -> list[str]:
+    """The config's dropout probabilities: GPT-2's `resid_pdrop`, `embd_pdrop`, `attn_pdrop` (and
+    `summary_first_dropout`), and the `dropout`, `attention_dropout`, `hidden_dropout`, `activation_dropout`,
+    `hidden_dropout_prob`, `attention_probs_dropout_prob`, `resid_dropout`, `embed_dropout` ... of other families:
+    every numeric field whose name says dropout. Unset (None) ones are left alone."""
+    return sorted(
+        key
+        for key, value in config.to_dict().items()
+        if ("dropout" in key or key.endswith("pdrop"))
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    )
+
+
+def set_dropout(config, p: float, name: str = "") -> list[str]:
+    """Set every dropout probability of `config` to `p`; returns the fields set."""
+    fields = dropout_fields(config)
+    if not fields:
+        raise LitSFTError(
+            f"--model.dropout: the config of '{name}' ({type(config).__name__}) has no dropout field to set. "
+            "Leave --model.dropout unset, or set the model's own fields with --model.config_overrides."
+        )
+    for key in fields:
+        setattr(config, key, float(p))
+    return fields
+
+
+def load_config(
+    name: str, trust_remote_code: bool = False, overrides: dict[str, Any] | None = None, dropout: float | None = None
+):
+    """The model's config, with `overrides` applied, then every dropout probability set to `dropout` (if not None)."""
     from transformers import AutoConfig
 
     try:
@@ -95,6 +125,8 @@ def load_config(name: str, trust_remote_code: bool = False, overrides: dict[str,
                 f"({current!r}), got {type(value).__name__} {value!r:.60}."
             )
         setattr(config, key, value)
+    if dropout is not None:
+        set_dropout(config, dropout, name)
     return config
 
 

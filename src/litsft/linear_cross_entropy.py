@@ -47,9 +47,11 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         # hidden [N, H], weight [V, H], bias [V] or None, targets [N]; matmuls in `dtype` (autocast's, or fp32)
         n, vocab = hidden.shape[0], weight.shape[0]
         h_all, w = hidden.to(dtype), weight.to(dtype)
+        # A frozen head (LoRA) needs no weight gradient: one of the three [c, V] x [V, H] matmuls per chunk saved.
+        need_weight, need_bias = ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden)  # [N, H]
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # [V, H]
-        grad_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if bias is not None else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_bias else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         c = min(chunk, max(n, 1))
         buf = workspace("logits", (c, vocab), torch.float32, hidden.device)  # fp32 logits
@@ -79,7 +81,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 torch.mm(g, w, out=grad_h)
             else:
                 grad_h.copy_(g @ w)
-            if low is None:
+            if grad_weight is None:
+                pass
+            elif low is None:
                 grad_weight.addmm_(g.t(), h)  # in place: no [V, H] temporary per chunk
             else:
                 grad_weight += (g.t() @ h).float()
@@ -87,15 +91,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 grad_bias += probs.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.weight_dtype = weight.dtype
-        ctx.has_bias = bias is not None
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         # d loss / d x = grad_loss * (what forward computed); in place: these buffers are not needed again
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
-        grad_bias = grad_bias.mul_(grad_loss).to(ctx.weight_dtype) if ctx.has_bias else None
+        grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.mul_(grad_loss).to(ctx.weight_dtype) if grad_bias is not None else None
         return grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)), grad_weight, grad_bias, None, None, None
 
 

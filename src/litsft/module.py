@@ -6,6 +6,7 @@ import math
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import SumMetric
 
 from litsft.data.packing import block_causal_mask
@@ -13,6 +14,7 @@ from litsft.data.tokenize import IGNORE_INDEX
 from litsft.eos_accuracy import capture_head_output, eos_hits
 from litsft.generation import generate_ids
 from litsft.hf_loading import load_config, load_model
+from litsft.lora import LoraSettings, as_hparams, lora_settings
 from litsft.loss import head_can_be_gathered, masked_ce_sum
 from litsft.metrics import TokenMean
 from litsft.optim import param_groups, warmup_cosine
@@ -41,6 +43,8 @@ class SFTModule(LightningModule):
         gather_head: bool = True,
         torch_compile: bool = False,
         max_new_tokens: int = 128,
+        dropout: float | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         """
         Args:
@@ -58,17 +62,39 @@ class SFTModule(LightningModule):
             gather_head: Run the LM head only at learned positions (same loss, less compute and memory).
             torch_compile: `torch.compile` each transformer block (regional compilation: compiles once for all blocks).
             max_new_tokens: Tokens generated per prompt by `predict`.
+            dropout: Set every dropout probability of the model to this: GPT-2's resid_pdrop, embd_pdrop and
+                attn_pdrop; `dropout`, `attention_dropout`, `hidden_dropout` ... in other families. Default (null):
+                the model config's own (distilgpt2: 0.1, as it was pretrained and as the seed trains it).
+            lora: Train low-rank adapters on the frozen model instead of every weight (`--model.lora.r 8`; needs
+                `pip install -e ".[lora]"`). Default (null) or r 0: full fine-tuning.
         """
         super().__init__()
+        self.lora = lora_settings(lora)  # None when off
+        lora = as_hparams(self.lora)  # hparams hold plain data: checkpoints load with weights_only=True
         self.save_hyperparameters()
+        if self.lora is not None:
+            from litsft.lora import import_peft
+
+            import_peft()  # a missing package fails now, not after the data is prepared
+            self.strict_loading = False  # checkpoints hold the adapters alone; load_state_dict checks their keys
+        # Set by configure_model with LoRA: the trainable parameters' count and state-dict keys, the frozen keys,
+        # and the frozen base's fingerprint (checked when a checkpoint is loaded).
+        self.adapter_params = 0
+        self.adapter_state_keys: set[str] = set()
+        self.frozen_state_keys: set[str] = set()
+        self.base_fingerprint: torch.Tensor | None = None
         for flag, value in (("learning_rate", learning_rate), ("warmup_ratio", warmup_ratio + 1e-12)):
             if not value > 0 or not math.isfinite(value):
                 from litsft.errors import LitSFTError
 
                 raise LitSFTError(f"--model.{flag} must be a positive number, got {value}.")
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            from litsft.errors import LitSFTError
+
+            raise LitSFTError(f"--model.dropout must be in [0, 1) (or null: the model's own), got {dropout}.")
         # Loading the config now (not the weights) fails early for a bad path or an offline hub id, and gives
         # the context length that the CLI checks against --data.max_seq_length.
-        self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides)
+        self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides, dropout)
         self.model = None
         # Token-weighted over all micro-batches (and ranks at compute), no host sync per step.
         self.train_loss = TokenMean()
@@ -89,9 +115,20 @@ class SFTModule(LightningModule):
             )
         else:
             model = load_model(hp.model_name_or_path, self.hf_config, hp.trust_remote_code)  # fp32, no code run
+            model.train()  # from_pretrained returns eval mode; evaluation loops switch to eval themselves
         if hp.gradient_checkpointing:
             model.config.use_cache = False
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.2x renamed it (the old name warns, and goes in v6)
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:  # after gradient checkpointing (peft adapts to it), before sharding and compiling
+            from litsft.lora import apply_lora, describe, weights_fingerprint
+
+            self.base_fingerprint = weights_fingerprint(model)
+            model = apply_lora(model, self.lora)
+            rank_zero_info(describe(model, self.lora))
         if self._device_mesh is not None:  # FSDP2 (litsft.strategies.FSDP2Strategy / ModelParallelStrategy)
             from litsft.sharding import apply_fsdp2
 
@@ -104,6 +141,18 @@ class SFTModule(LightningModule):
             compile_blocks(model)
         self.model = model
         self._gather_head = hp.gather_head and head_can_be_gathered(model)
+        if self.lora is not None:
+            trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+            self.adapter_params = sum(p.numel() for _, p in trainable)  # global counts, also when sharded
+            self.adapter_state_keys = {f"model.{name}" for name, _ in trainable}
+            self.frozen_state_keys = set(self.state_dict()) - self.adapter_state_keys
+
+    def on_fit_start(self) -> None:
+        # `from_pretrained` returns the model in eval mode (dropout off), and Lightning (>= 2.2) keeps the modes it
+        # finds: a pretrained model would train without dropout. `configure_model` switches a freshly loaded model;
+        # this covers any mode left by whatever ran since. Before the sanity check: validation and generation switch
+        # to eval mode and restore the mode they found, so training stays in train mode throughout.
+        self.train()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
@@ -157,9 +206,14 @@ class SFTModule(LightningModule):
         self.val_eos_hits.update(hits)
         self.val_eos_total.update(total)
 
-    def _eos_token_id(self) -> int:
-        """The EOS that the data appends: the datamodule's tokenizer's, else the model config's."""
-        tokenizer = getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
+    def _eos_token_id(self) -> int | list[int]:
+        """The token(s) that end a learned answer: the datamodule's (EOS; chat: end of turn and EOS), else the
+        model config's EOS."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        stops = getattr(datamodule, "stop_token_ids", None)
+        if stops is not None:
+            return stops
+        tokenizer = getattr(datamodule, "tokenizer", None)
         return tokenizer.eos_token_id if tokenizer is not None else self.hf_config.eos_token_id
 
     def _log_eval(self, prefix: str) -> None:
@@ -191,12 +245,35 @@ class SFTModule(LightningModule):
             end = int(learned[0]) if len(learned) else int(mask.sum())
             prompts.append(ids[:end].tolist())
         answers = generate_ids(
-            self.model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, self.hparams.max_new_tokens
+            self.model, prompts, self._eos_token_id(), tokenizer.pad_token_id, self.hparams.max_new_tokens
         )
         return [
             {"prompt": tokenizer.decode(p), "response": tokenizer.decode(a), "stopped": stopped}
             for p, (a, stopped) in zip(prompts, answers, strict=True)
         ]
+
+    # -- LoRA checkpoints: the adapters and their optimizer state only ----------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None:
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in self.adapter_state_keys}
+            checkpoint["lora_base_fingerprint"] = self.base_fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None:
+            from litsft.lora import check_fingerprint
+
+            check_fingerprint(checkpoint.get("lora_base_fingerprint"), self.base_fingerprint)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """With LoRA, a state dict of the adapters alone loads (the frozen base comes from the model's own source)."""
+        if self.lora is None or not self.adapter_state_keys:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        from litsft.lora import check_adapter_keys
+
+        check_adapter_keys(state_dict.keys(), self.adapter_state_keys, self.frozen_state_keys)
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     # -- optimization ---------------------------------------------------------------------------------------
 

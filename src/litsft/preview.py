@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from litsft.data.tokenize import labels_for, tokenize_batch
+from litsft.data.tokenize import IGNORE_INDEX, tokenize_batch
 
 DIM, GREEN, REVERSE, RESET = "\033[2m", "\033[32m", "\033[7m", "\033[0m"
 
@@ -29,14 +29,46 @@ def render_row(tokenizer, input_ids: list[int], prompt_len: int, colour: bool) -
     return f"{prompt}[[{body}{eos_text}]]"
 
 
-def preview(cli, rows: int, jsonl: str | None, out=sys.stdout) -> dict:
-    """Process the first `rows` source rows with the configured data rules; print and/or write them."""
+def render_spans(text: str, offsets: list[tuple[int, int]], spans: list[int], length: int, colour: bool) -> str:
+    """A chat row by characters: the text of its first `length` tokens, each learned range (flat token pairs
+    `spans`) green, or inside [[...]] without colour. By character offsets, so every character shows exactly once."""
+    pieces, pos = [], 0
+    for a, b in zip(spans[0::2], spans[1::2], strict=True):
+        start, end = offsets[a][0], offsets[b - 1][1]
+        pieces.append(f"{DIM}{text[pos:start]}{RESET}" if colour else text[pos:start])
+        pieces.append(f"{GREEN}{text[start:end]}{RESET}" if colour else f"[[{text[start:end]}]]")
+        pos = end
+    tail = text[pos : offsets[length - 1][1]] if length else ""
+    pieces.append(f"{DIM}{tail}{RESET}" if colour else tail)
+    return "".join(pieces)
+
+
+def _encode_head(dm, rows: int):
+    """The first `rows` source rows through the data rules: (tokenized, the text of each row, offsets or None)."""
+    if dm.chat is not None:
+        from litsft.data.chat_tokenize import tokenize_conversations
+
+        source, _ = dm.chat.load()
+        head = source.select(range(min(rows, len(source))))["messages"]
+        enc = tokenize_conversations(head, dm.chat.format, dm.max_seq_length, dm.mask_prompt, where=dm.dataset)
+        texts = enc["text"]
+        offsets = dm.tokenizer(texts, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+        return enc, texts, offsets
     from litsft.data.sources import load_rows
 
-    dm = cli.datamodule
     source, _ = load_rows(dm.dataset, dm.columns, dm.split)
     head = source.select(range(min(rows, len(source))))[:]
     enc = tokenize_batch(head, dm.tokenizer, dm.template, dm.max_seq_length, dm.mask_prompt)
+    texts = [dm.template.render(i, x) + o for i, x, o in zip(head["instruction"], head["input"], head["output"])]
+    return enc, texts, None
+
+
+def preview(cli, rows: int, jsonl: str | None, out=sys.stdout) -> dict:
+    """Process the first `rows` source rows with the configured data rules; print and/or write them."""
+    from litsft.data.collate import label_ranges
+
+    dm = cli.datamodule
+    enc, texts, offsets = _encode_head(dm, rows)
     colour = out.isatty() and jsonl is None
     kept = dropped = truncated = 0
     sink = open(jsonl, "w", encoding="utf-8") if jsonl else None  # noqa: SIM115 - closed below
@@ -49,19 +81,29 @@ def preview(cli, rows: int, jsonl: str | None, out=sys.stdout) -> dict:
                 continue
             kept += 1
             truncated += trunc
-            text = dm.template.render(head["instruction"][i], head["input"][i]) + head["output"][i]
+            row = {"input_ids": ids, "prompt_len": p}
+            if offsets is not None:
+                row["label_spans"] = enc["label_spans"][i]
             if sink:
-                record = {"row": i, "text": text, "input_ids": ids, "labels": labels_for(ids, p)}
+                labels = [IGNORE_INDEX] * len(ids)
+                for a, b in label_ranges(row):
+                    labels[a:b] = ids[a:b]
+                record = {"row": i, "text": texts[i], "input_ids": ids, "labels": labels}
                 sink.write(json.dumps(record) + "\n")
             else:
                 print(f"--- row {i}: {len(ids)} tokens, {n} learned{' (truncated)' if trunc else ''}", file=out)
-                print(render_row(dm.tokenizer, ids, p, colour), file=out)
+                if offsets is None:
+                    print(render_row(dm.tokenizer, ids, p, colour), file=out)
+                else:
+                    print(render_spans(texts[i], offsets[i], row["label_spans"], len(ids), colour), file=out)
     finally:
         if sink:
             sink.close()
-    summary = {"rows": len(head["instruction"]), "kept": kept, "dropped": dropped, "truncated": truncated}
+    summary = {"rows": len(texts), "kept": kept, "dropped": dropped, "truncated": truncated}
     print(
-        f"{summary['rows']} rows: {kept} kept, {dropped} dropped (prompt fills max_seq_length={dm.max_seq_length}),"
+        f"{summary['rows']} rows: {kept} kept, {dropped} dropped ("
+        + ("nothing to learn within" if offsets is not None else "prompt fills")
+        + f" max_seq_length={dm.max_seq_length}),"
         f" {truncated} truncated" + (f"; wrote {jsonl}" if jsonl else ""),
         file=sys.stderr if jsonl is None and out is sys.stdout else out,
     )

@@ -2,7 +2,8 @@
 
 Accepted: `.txt` (one instruction per non-empty line), `.json` (a list of strings or of objects) or `.jsonl`
 (one string or object per line). Objects carry `instruction` and optionally `input` (and `output`, shown as
-the reference answer). Every problem names the file, the row and the field.
+the reference answer), or, for chat models, `messages` (the conversation so far; a last assistant message is the
+reference answer). Every problem names the file, the row and the field.
 """
 
 from __future__ import annotations
@@ -22,10 +23,26 @@ class SamplePrompt:
     input: str = ""
     reference: str = ""
     """The dataset's answer, when the prompt comes from a validation row (or the file gives `output`)."""
+    messages: tuple[tuple[str, str], ...] = ()
+    """Chat prompts: the conversation so far as (role, content) pairs, answered by the assistant's next turn
+    (`instruction` then holds its last user message). Empty: one user message, the instruction (and input)."""
 
     def display(self) -> str:
         """What a person reads: the instruction and its input, without the template's boilerplate."""
+        if len(self.messages) > 1:
+            return "\n\n".join(f"{role}: {content}" for role, content in self.messages)
         return f"{self.instruction}\n\nInput: {self.input}" if self.input else self.instruction
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The prompt as chat messages, for a chat template: the conversation, or one user message."""
+        if self.messages:
+            return [{"role": role, "content": content} for role, content in self.messages]
+        return [{"role": "user", "content": f"{self.instruction}\n\n{self.input}" if self.input else self.instruction}]
+
+    @classmethod
+    def from_messages(cls, messages: list[dict[str, str]], reference: str = "") -> SamplePrompt:
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return cls(last_user, "", reference, tuple((m["role"], m["content"]) for m in messages))
 
 
 def _prompt_from(record, path: Path, row: int, flag: str) -> SamplePrompt:
@@ -34,6 +51,15 @@ def _prompt_from(record, path: Path, row: int, flag: str) -> SamplePrompt:
         record = {"instruction": record}
     if not isinstance(record, dict):
         raise LitSFTError(f"{where}: expected a string or an object with 'instruction', got {type(record).__name__}.")
+    if "messages" in record and "instruction" not in record:  # a chat prompt: the conversation so far
+        from litsft.data.chat import prompt_part
+        from litsft.data.messages import MessageColumns, conversation
+
+        given = conversation(record["messages"], f"{where}, field 'messages'", MessageColumns())
+        messages, reference = prompt_part(given)
+        if not messages:
+            raise LitSFTError(f"{where}: the conversation has no message before its last assistant message.")
+        return SamplePrompt.from_messages(messages, reference)
     instruction = record.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
         raise LitSFTError(f"{where}: field 'instruction' is missing or empty. Give each row a non-empty instruction.")

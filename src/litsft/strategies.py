@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
+import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 
@@ -39,3 +41,42 @@ class FSDP2Strategy(ModelParallelStrategy):
         # Every process is a data-parallel rank (the parent class would default to one per node).
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """With LoRA the checkpoint holds the adapters alone: check its keys, then load just those (Lightning's
+        sharded load asks the checkpoint for every key of the model, the frozen base included)."""
+        module = self.lightning_module
+        adapters = getattr(module, "adapter_state_keys", None)
+        if not adapters:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        from litsft.lora import check_adapter_keys
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not path.is_dir():  # one file (save_distributed_checkpoint false): Lightning loads it non-strictly
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)["state_dict"]
+            check_adapter_keys(saved, adapters, module.frozen_state_keys, where=f"checkpoint {path}")
+            return super().load_checkpoint(path, weights_only)
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        saved = [k.removeprefix("state_dict.") for k in dcp.FileSystemReader(path).read_metadata().state_dict_metadata]
+        saved = [k for k in saved if k.startswith("model.")]
+        check_adapter_keys(saved, adapters, module.frozen_state_keys, where=f"checkpoint {path}")
+        # the adapters' local shards (views of the parameters), filled from the checkpoint
+        state = {"state_dict": {k: v for k, v in get_model_state_dict(module).items() if k in adapters}}
+        dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(module, state["state_dict"], options=StateDictOptions(strict=False))
+        for idx, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{idx}"
+            optimizer_state = {key: get_optimizer_state_dict(module, optimizer)}
+            dcp.load(optimizer_state, checkpoint_id=path)
+            set_optimizer_state_dict(
+                module, optimizer, optim_state_dict=optimizer_state[key], options=StateDictOptions(cpu_offload=True)
+            )
+        return torch.load(path / "meta.pt", weights_only=weights_only)  # Lightning's metadata file (loops, hparams)

@@ -17,10 +17,11 @@ def data_audit(datamodule) -> dict[str, float] | None:
     splits = [getattr(datamodule, name, None) for name in ("train_rows", "val_rows")]
     if counts is None or any(s is None for s in splits):
         return None
-    # Row length = prompt tokens + learned tokens (both stored per row): no need to read the token ids.
-    prompt = np.concatenate([np.asarray(s["prompt_len"][:], dtype=np.int64) for s in splits])
+    from litsft.data.datamodule import row_lengths
+
+    # Row lengths from Arrow's list offsets (a chat row's learned tokens are not one suffix): no Python lists.
+    lengths = np.concatenate([row_lengths(s).astype(np.int64) if len(s) else np.zeros(0, np.int64) for s in splits])
     learned = np.concatenate([np.asarray(s["num_labels"][:], dtype=np.int64) for s in splits])
-    lengths = prompt + learned
     audit = {
         "data/rows": counts.rows,
         "data/kept": counts.kept,
@@ -31,6 +32,13 @@ def data_audit(datamodule) -> dict[str, float] | None:
         "data/train_rows": len(splits[0]),
         "data/val_rows": len(splits[1]),
     }
+    if counts.format == "messages":
+        audit |= {
+            "data/no_assistant": counts.no_assistant,
+            "data/control_tokens": counts.control_tokens,
+            "data/turns": counts.turns,
+            "data/turns_cut": counts.turns_cut,
+        }
     if len(lengths):
         p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
         audit |= {

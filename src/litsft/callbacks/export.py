@@ -6,27 +6,45 @@ import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from litsft.errors import LitSFTError
+from litsft.lora import ExportMode
 from litsft.sharding import full_state_dict
 
 
 class ExportCallback(Callback):
     """Exports the fine-tuned model so `AutoModelForCausalLM.from_pretrained` and `pipeline` load it."""
 
-    def __init__(self, dirpath: str | None = None, enabled: bool = True, from_best: bool = True) -> None:
+    def __init__(
+        self, dirpath: str | None = None, enabled: bool = True, from_best: bool = True, lora: ExportMode = "merged"
+    ) -> None:
         """
         Args:
             dirpath: Export folder (default: `<trainer.default_root_dir>/export`).
             enabled: Set false to skip the export.
             from_best: Export the best checkpoint of the (first) ModelCheckpoint, e.g. lowest val/loss, and leave
                 the trained module holding those weights; false: the weights at the end of training.
+            lora: With --model.lora: 'merged', the adapters added into the weights, a plain model that `pipeline`
+                loads; or 'adapter', a peft folder (the adapters alone) for `PeftModel.from_pretrained(base, folder)`.
         """
         self.dirpath = dirpath
         self.enabled = enabled
         self.from_best = from_best
+        self.lora = lora
         self.exported_from: str | None = None
         self.exported_to: Path | None = None
+        self._trained = False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trained = False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self._trained = True
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.enabled and self.lora != "merged" and getattr(pl_module, "lora", None) is None:
+            raise LitSFTError(f"--export.lora {self.lora} needs --model.lora (e.g. --model.lora.r 8): no adapters.")
 
     def export_dir(self, trainer: Trainer) -> Path:
         return Path(self.dirpath or os.path.join(trainer.default_root_dir, "export"))
@@ -34,12 +52,16 @@ class ExportCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.interrupted:
             return
+        if not self._trained:  # e.g. resumed from a checkpoint that had already reached max_steps / max_epochs
+            rank_zero_warn("litsft: this fit ran no training step, so nothing was exported.")
+            return
         if self.from_best:
             self._load_best(trainer)
         # Under FSDP every rank takes part in gathering the full weights; rank 0 writes them.
         state_dict = full_state_dict(pl_module.model)
         if trainer.is_global_zero:
-            self.exported_to = export_model(pl_module, trainer.datamodule, self.export_dir(trainer), state_dict)
+            folder = self.export_dir(trainer)
+            self.exported_to = export_model(pl_module, trainer.datamodule, folder, state_dict, self.lora)
             rank_zero_info(f"litsft: exported the fine-tuned model to {self.exported_to.resolve()}")
         trainer.strategy.barrier("litsft-export")
 
@@ -56,18 +78,32 @@ class ExportCallback(Callback):
         rank_zero_info(f"litsft: exporting the best checkpoint {best}{monitor}")
 
 
-def export_model(pl_module: LightningModule, datamodule, folder: Path, state_dict: dict | None = None) -> Path:
-    """Save model weights (safetensors), config, generation config, tokenizer and the prompt template.
+def export_model(
+    pl_module: LightningModule, datamodule, folder: Path, state_dict: dict | None = None, lora: ExportMode = "merged"
+) -> Path:
+    """Save model weights (safetensors), config, generation config, tokenizer and the prompt template (chat data:
+    the tokenizer carries the chat template trained with, and `litsft_chat.json` says how turns end).
 
-    `state_dict`: the full (gathered) weights when the model is sharded; None saves the model's own.
+    `state_dict`: the full (gathered) weights when the model is sharded; None saves the model's own. `lora`: how a
+    LoRA model is saved (`litsft.lora.save_lora`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     model = pl_module.model
     tokenizer = datamodule.tokenizer
-    # Generation stops at the EOS the model learned, and pads with the tokenizer's pad id.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Generation stops at the EOS the model learned (chat: the end-of-turn token, or EOS), and pads with the
+    # tokenizer's pad id.
+    stops = list(getattr(datamodule, "stop_token_ids", None) or [tokenizer.eos_token_id])
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(folder), state_dict=state_dict)
+    if getattr(pl_module, "lora", None) is not None:
+        from litsft.lora import save_lora
+
+        save_lora(model, folder, state_dict, lora)
+    else:
+        model.save_pretrained(str(folder), state_dict=state_dict)
+    chat = getattr(datamodule, "chat", None)
+    if chat is not None:  # the exact template trained with: apply_chat_template and pipelines render the same
+        tokenizer.chat_template = chat.format.template
     tokenizer.save_pretrained(str(folder))
-    datamodule.template.save(folder)
+    (chat.format if chat is not None else datamodule.template).save(folder)
     return folder

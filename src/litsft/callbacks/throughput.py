@@ -89,6 +89,9 @@ class ThroughputCallback(Callback):
         except ValueError as err:
             rank_zero_info(f"litsft: train/mfu is not logged: no FLOP count for this model ({err}).")
             return None, None
+        adapters = getattr(pl_module, "adapter_params", 0)  # LoRA: frozen base, trainable adapters
+        if adapters:
+            shape = shape.with_adapters(adapters)
         device = trainer.strategy.root_device
         peak = self.peak_flops
         if peak is None:

@@ -14,8 +14,10 @@ import datasets
 
 from litsft.data.tokenize import RowCounts
 
-# Bump when tokenize.py changes what it stores: old cache entries then stop matching.
-FORMAT_VERSION = 2
+# Bump when tokenize.py changes what it stores, or a template changes what it renders: old cache entries then stop
+# matching. 3: `plain` renders a row without input as the instruction alone (the seed's format), not "instr: ";
+# a post-processor EOS is no longer doubled; chat rows (label_spans).
+FORMAT_VERSION = 3
 
 
 def default_cache_dir() -> str:

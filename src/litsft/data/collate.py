@@ -8,10 +8,20 @@ from litsft.data.tokenize import IGNORE_INDEX
 from litsft.loss import learned_positions
 
 
+def label_ranges(row: dict) -> list[tuple[int, int]]:
+    """The learned token ranges [start, end) of a stored row: chat rows list them (`label_spans`, flat pairs), an
+    Alpaca row learns everything after its prompt."""
+    spans = row.get("label_spans")
+    if spans is not None:
+        return list(zip(spans[0::2], spans[1::2], strict=True))
+    return [(row["prompt_len"], len(row["input_ids"]))]
+
+
 class SFTCollator:
     """Rows -> `input_ids` [B, T] long, `attention_mask` [B, T] long, `labels` [B, T] long, `step_tokens` [] float.
 
-    Labels come from each row's `prompt_len`, never from `input_ids != pad_token_id`: GPT-2's pad is its EOS,
+    Labels come from each row's `prompt_len` (or a chat row's `label_spans`), never from
+    `input_ids != pad_token_id`: GPT-2's pad is its EOS,
     and comparing against it would mask the learned EOS (trl#1623). Padding is on the right, labels -100 there.
     `step_tokens` (learned tokens in the whole optimizer step, all ranks) is present when the rows carry it.
     `loss_index` [N] long: where the loss is computed (`litsft.loss.learned_positions`), found here on the host
@@ -35,8 +45,8 @@ class SFTCollator:
             input_ids[b, :n] = ids
             attention_mask[b, :n] = 1
             if not row.get("dummy", False):
-                p = row["prompt_len"]
-                labels[b, p:n] = ids[p:]
+                for start, end in label_ranges(row):
+                    labels[b, start:end] = ids[start:end]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         batch["loss_index"] = learned_positions(labels)
         if "step_tokens" in rows[0]:

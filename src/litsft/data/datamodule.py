@@ -13,13 +13,16 @@ from torch.utils.data import DataLoader
 
 from litsft.console import no_datasets_progress
 from litsft.data.cache import TokenizedCache, default_cache_dir, tokenizer_fingerprint
+from litsft.data.chat_data import ChatData
 from litsft.data.collate import SFTCollator
+from litsft.data.messages import MessageColumns, detect_format
 from litsft.data.packing import PackedBatchSampler, PackedCollator
 from litsft.data.sampler import KeyedDataset, ResumableBatchSampler, StepBatchSampler
 from litsft.data.sources import file_fingerprint, load_rows, source_kind
 from litsft.data.tokenize import RowCounts, process_rows
 from litsft.errors import LitSFTError
 from litsft.hf_loading import load_tokenizer
+from litsft.prompt_files import SamplePrompt
 from litsft.prompts import PromptTemplate, get_template
 from litsft.resume import trained_position
 
@@ -53,12 +56,19 @@ class AlpacaDataModule(LightningDataModule):
         tokenize_num_proc: int | None = None,
         trust_remote_code: bool = False,
         predict_file: str | None = None,
+        format: str = "auto",  # noqa: A002 - the flag is --data.format
+        messages_column: str | None = None,
+        role_key: str | None = None,
+        content_key: str | None = None,
+        role_map: dict[str, str] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         """
         Args:
             dataset: A hub dataset id, a local .json/.jsonl/.parquet/.csv file, or a `save_to_disk` folder.
             tokenizer_name_or_path: Tokenizer to use; linked from the model's name by the CLI (set it there).
-            prompt_template: 'alpaca' (Stanford, with and without input) or 'plain' (`instruction: input` + output).
+            prompt_template: 'alpaca' (Stanford, with and without input) or 'plain' (the seed's: `instruction: input`,
+                or the instruction alone without input, then the output directly).
             max_seq_length: Tokens per row after templating; longer rows lose the end of their response.
             mask_prompt: Learn only the response (and EOS) tokens. False learns the prompt too.
             val_size: Validation rows: a count (int) or a fraction of the rows (float); 0 disables validation.
@@ -77,7 +87,16 @@ class AlpacaDataModule(LightningDataModule):
             tokenize_num_proc: Processes for tokenization (default: one process; the tokenizer is multithreaded).
             trust_remote_code: Allow a tokenizer from the hub to run its own Python code. Off unless you trust it.
             predict_file: Prompts for `predict` (.txt one instruction per line, or .json/.jsonl with `instruction`
-                and optional `input`), rendered with the template; default: the validation rows.
+                and optional `input`; chat: `messages`), rendered with the template; default: the validation rows.
+            format: 'alpaca' (instruction rows), 'messages' (chat: rows of [{role, content}, ...], loss on the
+                assistant's turns only; Alpaca rows then become one-turn chats), or 'auto': 'messages' when the data
+                has a `messages_column` (default 'messages' or 'conversations').
+            messages_column: Column holding each row's conversation (default: 'messages', else 'conversations').
+            role_key: Key of a message's role (default: 'role', or ShareGPT's 'from').
+            content_key: Key of a message's text (default: 'content', or ShareGPT's 'value').
+            role_map: Source roles to map, e.g. {human: user, bot: assistant} (human, gpt, model are known).
+            chat_template: Chat data: 'chatml', 'zephyr' (any tokenizer: turns end with its EOS), a .jinja file or a
+                template; default: the tokenizer's own. It is saved with the exported tokenizer.
         """
         super().__init__()
         # In every checkpoint, so `validate|test|predict --ckpt_path` evaluate on the run's own data (cli.py). The
@@ -115,6 +134,12 @@ class AlpacaDataModule(LightningDataModule):
         if predict_file is not None and not Path(predict_file).expanduser().is_file():
             raise LitSFTError(f"--data.predict_file: '{predict_file}' is not a file. Check the path.")
         self.predict_file = predict_file
+        self.format = format
+        self.message_columns = MessageColumns(messages_column, role_key, content_key, dict(role_map or {}))
+        self.chat_template = chat_template
+        self._chat: ChatData | None = None
+        self._is_chat: bool | None = None
+        self._source = None
         self._tokenizer = None
         self.counts: RowCounts | None = None
         self.train_rows = self.val_rows = None
@@ -127,6 +152,46 @@ class AlpacaDataModule(LightningDataModule):
             self._tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
         return self._tokenizer
 
+    @property
+    def chat(self) -> ChatData | None:
+        """The chat side (conversations, chat template) when the data is in `messages` form, else None."""
+        if self._is_chat is None:
+            found = detect_format(self.format, self.dataset, self.split, self.message_columns)
+            chat_flags = self.chat_template is not None or self.message_columns != MessageColumns()
+            if found == "alpaca" and chat_flags:
+                raise LitSFTError(
+                    f"--data.chat_template / --data.messages_column / --data.role_*: '{self.dataset}' holds Alpaca "
+                    "rows, not conversations. Add --data.format messages to train them as one-turn chats, or drop "
+                    "those flags."
+                )
+            self._is_chat = found == "messages"
+        if self._is_chat and self._chat is None:
+            self._chat = ChatData(self.dataset, self.split, self.message_columns, self.tokenizer, self.chat_template)
+        return self._chat
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: EOS; for chat data the end-of-turn token too."""
+        return self.chat.stop_token_ids if self.chat is not None else [self.tokenizer.eos_token_id]
+
+    def encode_prompt(self, prompt: SamplePrompt) -> list[int]:
+        """Token ids of a prompt as training renders it (template, special tokens), for generation."""
+        if self.chat is not None:
+            return self.chat.encode(prompt)
+        text = self.template.render(prompt.instruction, prompt.input)
+        # Tokenized like the training rows (special tokens added, a literal "<|endoftext|>" is text).
+        return self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+
+    def source_prompts(self, rows: list[int]) -> list[SamplePrompt]:
+        """Prompts of source rows `rows`, their answer as reference: chat, the conversation up to its last
+        assistant turn; Alpaca, the instruction and input."""
+        if self.chat is not None:
+            return self.chat.prompts(rows)
+        if self._source is None:
+            self._source, _ = load_rows(self.dataset, self.columns, self.split)
+        block = self._source.select(rows)[:]
+        return [SamplePrompt(*r) for r in zip(block["instruction"], block["input"], block["output"], strict=True)]
+
     # -- tokenization and its cache -------------------------------------------------------------------------
 
     def _cache(self) -> tuple[TokenizedCache, object]:
@@ -135,7 +200,7 @@ class AlpacaDataModule(LightningDataModule):
         if self.source_kind == "file":
             source = {"file_sha256": file_fingerprint(Path(self.dataset).expanduser())}
         else:  # hub or save_to_disk folder: the loaded dataset's own fingerprint identifies its content
-            rows, fingerprint = load_rows(self.dataset, self.columns, self.split)
+            rows, fingerprint = self._load_source()
             source = {"fingerprint": fingerprint, "dataset": self.dataset, "split": self.split}
         settings = {
             "source": source,
@@ -145,17 +210,27 @@ class AlpacaDataModule(LightningDataModule):
             "max_seq_length": self.max_seq_length,
             "mask_prompt": self.mask_prompt,
         }
+        if self.chat is not None:  # conversations: no Alpaca columns or template, the chat template instead
+            del settings["columns"], settings["template"]
+            settings |= self.chat.cache_settings()
         return TokenizedCache(self.cache_dir, settings), rows
+
+    def _load_source(self):
+        """(checked rows, fingerprint): conversations for chat data, else instruction rows."""
+        return self.chat.load() if self.chat is not None else load_rows(self.dataset, self.columns, self.split)
 
     def prepare_data(self) -> None:
         cache, rows = self._cache()
         if cache.exists():
             return
         if rows is None:
-            rows, _ = load_rows(self.dataset, self.columns, self.split)
-        processed, counts = process_rows(
-            rows, self.tokenizer, self.template, self.max_seq_length, self.mask_prompt, self.tokenize_num_proc
-        )
+            rows, _ = self._load_source()
+        if self.chat is not None:
+            processed, counts = self.chat.process(rows, self.max_seq_length, self.mask_prompt, self.tokenize_num_proc)
+        else:
+            processed, counts = process_rows(
+                rows, self.tokenizer, self.template, self.max_seq_length, self.mask_prompt, self.tokenize_num_proc
+            )
         if counts.kept == 0:
             raise LitSFTError(
                 f"{self.dataset}: all {counts.rows} rows were dropped: every prompt fills --data.max_seq_length "
@@ -303,12 +378,15 @@ class AlpacaDataModule(LightningDataModule):
 
             rows = []
             for prompt in read_prompts(self.predict_file, "--data.predict_file"):
-                text = self.template.render(prompt.instruction, prompt.input)
-                ids = self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+                ids = self.encode_prompt(prompt)
                 rows.append({"input_ids": ids, "prompt_len": len(ids)})
             return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collator())
         if not len(self.val_rows):
             return []
+        if self.chat is not None:  # each conversation up to its last assistant turn, rendered with the prompt
+            prompts = self.source_prompts(self.val_rows["row"][:])
+            rows = [{"input_ids": ids, "prompt_len": len(ids)} for ids in map(self.encode_prompt, prompts)]
+            return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collator())
         return DataLoader(
             KeyedDataset(self.val_rows), batch_size=self.batch_size, shuffle=False, collate_fn=self.collator()
         )

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from litsft.data.collate import label_ranges
 from litsft.data.sampler import RowKey, StepBatchSampler
 from litsft.data.tokenize import IGNORE_INDEX
 from litsft.errors import LitSFTError
@@ -156,10 +157,11 @@ class PackedCollator:
                 position_ids[s, start : start + n] = torch.arange(n)
                 attention_mask[s, start : start + n] = 1
                 if not row.get("dummy", False):
-                    # From the prompt's end, but never the row's first token: its "prediction" would come from
-                    # the previous row's last token.
-                    p = max(row["prompt_len"], 1)
-                    labels[s, start + p : start + n] = ids[p:]
+                    # From the prompt's end (each learned range of a chat row), but never the row's first token:
+                    # its "prediction" would come from the previous row's last token.
+                    for a, b in label_ranges(row):
+                        a = max(a, 1)
+                        labels[s, start + a : start + b] = ids[a:b]
                 start += n
             position_ids[s, start:] = torch.arange(width - start)  # trailing padding: a row of its own
         batch = {

@@ -131,6 +131,14 @@ def _load_raw(dataset: str, kind: str, split: str) -> datasets.Dataset | list[di
     return loaded
 
 
+def read_raw(dataset: str, split: str = "train") -> tuple[datasets.Dataset | list[dict], str]:
+    """The rows as stored, unchecked (a list of JSON/CSV records, or a `datasets.Dataset`), and their content
+    fingerprint: for readers of other row formats (`litsft.data.messages`)."""
+    kind = source_kind(dataset)
+    raw = _load_raw(dataset, kind, split)
+    return raw, file_fingerprint(Path(dataset).expanduser()) if kind == "file" else raw._fingerprint
+
+
 def load_rows(dataset: str, columns: dict[str, str], split: str = "train") -> tuple[datasets.Dataset, str]:
     """Load `dataset` and return checked rows with the canonical columns `instruction`, `input`, `output`.
 

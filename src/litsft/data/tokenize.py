@@ -33,9 +33,28 @@ class RowCounts:
     eos_lost: int = 0
     """Kept rows whose EOS was cut (the model does not see their end)."""
     empty_output: int = 0
-    """Rows whose response is empty: they teach only the EOS."""
+    """Rows whose response is empty: they teach only the EOS (chat: rows with an empty assistant message)."""
+    format: str = "alpaca"
+    """'alpaca' (instruction rows) or 'messages' (conversations, `litsft.data.chat_tokenize`)."""
+    no_assistant: int = 0
+    """Conversations without an assistant message (dropped: nothing to learn)."""
+    control_tokens: int = 0
+    """Conversations with a control token (e.g. '<|im_end|>') written inside a message (dropped)."""
+    turns: int = 0
+    """Assistant turns learned, over the kept conversations."""
+    turns_cut: int = 0
+    """Assistant turns removed by truncation at a turn boundary."""
 
     def describe(self) -> str:
+        if self.format == "messages":
+            return (
+                f"{self.rows:,} conversations read: {self.kept:,} kept, {self.dropped:,} dropped "
+                f"({self.no_assistant:,} without an assistant message, {self.control_tokens:,} with a control token "
+                f"inside a message, the rest with no assistant token within max_seq_length); {self.turns:,} assistant "
+                f"turns learned; {self.truncated:,} truncated ({self.turns_cut:,} later turns cut at turn boundaries, "
+                f"{self.eos_lost:,} cut inside a turn, losing its end-of-turn token); {self.empty_output:,} with an "
+                "empty assistant message"
+            )
         return (
             f"{self.rows:,} rows read: {self.kept:,} kept, {self.dropped:,} dropped (prompt fills max_seq_length), "
             f"{self.truncated:,} truncated, {self.eos_lost:,} lost their EOS, {self.empty_output:,} with empty output"
@@ -64,6 +83,10 @@ def tokenize_batch(
     eos = tokenizer.eos_token_id
     out: dict[str, list] = {"input_ids": [], "prompt_len": [], "num_labels": [], "truncated": []}
     for ids, offsets, prompt in zip(enc["input_ids"], enc["offset_mapping"], prompts, strict=True):
+        if len(ids) and ids[-1] == eos and tuple(offsets[-1]) == (0, 0):
+            # The tokenizer's post-processor appended its own EOS (a literal EOS in the text is text here, and
+            # would have offsets): drop it, so the EOS appended below is the one and only.
+            ids, offsets = ids[:-1], offsets[:-1]
         boundary = len(prompt)
         if mask_prompt:
             # First token that reaches past the prompt's last character. Special tokens added by the tokenizer
