@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Real Alpaca rows and the real GPT-2 tokenizer (a project machine's ../shared/data; LITSFT_BENCH_DATA elsewhere).
+# Without them every benchmark still runs, on generated rows and the smoke run's tokenizer, and says so.
+SHARED_DATA = Path(os.environ.get("LITSFT_BENCH_DATA") or REPO.parent / "shared" / "data")
 REAL_ROWS = SHARED_DATA / "alpaca" / "alpaca_data_subset_26101.json"
 REAL_TOKENIZER = SHARED_DATA / "gpt2-tokenizer"
+SMOKE_TOKENIZER = REPO / "configs" / "smoke" / "tiny-gpt2"
+GPT2_VOCAB = 50_257
 
 # Offline and quiet, before transformers/datasets are imported (here or in a child process).
 OFFLINE_ENV = {
@@ -37,6 +41,23 @@ def alpaca_rows(n: int, source: Path | None) -> tuple[list[dict], str]:
     from litsft.smoke_assets import synthetic_rows
 
     return synthetic_rows(n, seed=0), f"GENERATED rows ({source} is absent): numbers not comparable to real data"
+
+
+def tokenizer_source(requested: str | None) -> tuple[str, str]:
+    """(tokenizer folder, note): `requested`, else the real GPT-2 tokenizer, else the smoke run's (said in the note).
+
+    A requested folder that does not exist stops the benchmark with a message instead of a traceback.
+    """
+    if requested:
+        if not Path(requested).expanduser().is_dir():
+            raise SystemExit(f"--tokenizer: '{requested}' is not a folder (a tokenizer saved with save_pretrained).")
+        return requested, Path(requested).name
+    if REAL_TOKENIZER.is_dir():
+        return str(REAL_TOKENIZER), "the GPT-2 tokenizer"
+    return str(SMOKE_TOKENIZER), (
+        f"the SMOKE tokenizer ({REAL_TOKENIZER} is absent; set LITSFT_BENCH_DATA to a folder holding gpt2-tokenizer/ "
+        "and alpaca/ for the README's numbers): token counts not comparable to the real GPT-2 tokenizer's"
+    )
 
 
 def write_rows(rows: list[dict], path: Path) -> Path:

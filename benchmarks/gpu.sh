@@ -6,6 +6,11 @@
 #    batch 1 takes minutes), raw loop and litsft over 52,000 rows (the real rows repeated), plus litsft packed
 #    and compiled. Targets: >= 10x the seed recipe's learned tokens/s, epoch < 30 s, MFU >= 40%.
 set -euo pipefail
+if ! command -v nvidia-smi >/dev/null || ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "benchmarks/gpu.sh needs a CUDA GPU (nvidia-smi and a CUDA torch); none here. On a CPU machine:" >&2
+  echo "  python benchmarks/throughput.py   (and python benchmarks/gpu_check.py --dry-run to check that script)" >&2
+  exit 2
+fi
 out="${1:-${OUT:-/tmp/litsft-gpu}}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REAL_TOKENIZER, alpaca_rows, load_average, machine, run_child, write_rows  # noqa: E402
+from common import GPT2_VOCAB, alpaca_rows, load_average, machine, run_child, tokenizer_source, write_rows  # noqa: E402
 
 MODELS = {  # random weights: throughput does not depend on them, and nothing is downloaded
     "small": {"n_layer": 2, "n_embd": 64, "n_head": 2},  # the smoke model's shape (configs/smoke/tiny-gpt2)
@@ -47,14 +47,18 @@ def prepare(args, workdir: Path) -> dict:
     rows, note = alpaca_rows(args.rows, args.data)
     data = write_rows(rows, workdir / "rows.json")
     model_dir = workdir / "model"
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer_dir, cfg_note = tokenizer_source(args.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.save_pretrained(model_dir)
-    GPT2Config(vocab_size=len(tokenizer), n_positions=1024, **MODELS[args.model]).save_pretrained(model_dir)
+    # GPT-2's 50,257 outputs also with a smaller (fallback) tokenizer: the head is most of the work, keep its shape
+    vocab = max(len(tokenizer), GPT2_VOCAB)
+    GPT2Config(vocab_size=vocab, n_positions=1024, **MODELS[args.model]).save_pretrained(model_dir)
     cfg = {
         "data": str(data), "model_dir": str(model_dir), "template": args.template, "workdir": str(workdir),
         "max_seq_length": args.max_seq_length, "batch_size": args.batch_size, "accumulate": args.accumulate,
         "lr": args.lr, "warmup_ratio": 0.03, "min_lr_ratio": 0.1, "seed": 42, "workers": args.workers,
         "cache": str(workdir / "cache"), "seed_rows": args.seed_rows, "cpu": args.cpu, "note": note,
+        "tokenizer_note": cfg_note, "vocab": vocab,
     }  # fmt: skip
     dm = AlpacaDataModule(
         dataset=cfg["data"], tokenizer_name_or_path=cfg["model_dir"], prompt_template=args.template,
@@ -84,7 +88,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=2000, help="Alpaca rows (real ones repeated when more)")
     parser.add_argument("--data", type=Path, default=None, help="Alpaca JSON (default: ../shared/data's real rows)")
-    parser.add_argument("--tokenizer", default=str(REAL_TOKENIZER))
+    parser.add_argument("--tokenizer", default=None, help="default: ../shared's GPT-2 tokenizer, else the smoke one")
     parser.add_argument("--model", choices=sorted(MODELS), help="default: small on CPU, distilgpt2 on GPU")
     parser.add_argument("--template", default="plain")
     parser.add_argument("--max-seq-length", type=int, default=512)
@@ -117,7 +121,8 @@ def main() -> None:
         print(f"machine: {machine()}; precision {'bf16-mixed' if gpu else '32-true'}")
         print(
             f"data: {cfg['train_rows']:,} rows ({cfg['note']}), template {args.template}, mean {cfg['mean_len']:.0f} "
-            f"tokens/row; model: GPT-2 {MODELS[args.model]}, vocab 50,257, random init"
+            f"tokens/row ({cfg['tokenizer_note']}); model: GPT-2 {MODELS[args.model]}, vocab {cfg['vocab']:,}, "
+            "random init"
         )
         print(
             f"hyperparameters: lr {args.lr}, warmup 3%, cosine to 10%, clip 1.0; seed recipe batch 1 x accumulate "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REAL_TOKENIZER, alpaca_rows, load_average, machine, run_child, write_rows  # noqa: E402
+from common import alpaca_rows, load_average, machine, run_child, tokenizer_source, write_rows  # noqa: E402
 
 TARGETS = {"cold": 20.0, "warm": 3.0}
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=52_000)
     parser.add_argument("--data", type=Path, default=None, help="Alpaca JSON (default: ../shared/data's real rows)")
-    parser.add_argument("--tokenizer", default=str(REAL_TOKENIZER))
+    parser.add_argument("--tokenizer", default=None, help="default: ../shared's GPT-2 tokenizer, else the smoke one")
     parser.add_argument("--template", default="alpaca")
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--num-proc", type=int, default=None, help="--data.tokenize_num_proc")
@@ -71,15 +71,16 @@ def main() -> None:
         phase(args)
         return
 
+    tokenizer, tokenizer_note = tokenizer_source(args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="litsft-tokbench-") as tmp:
         rows, note = alpaca_rows(args.rows, args.data)
         data = write_rows(rows, Path(tmp) / "alpaca_rows.json")
-        child = [__file__, "--file", str(data), "--cache", str(Path(tmp) / "cache"), "--tokenizer", args.tokenizer]
+        child = [__file__, "--file", str(data), "--cache", str(Path(tmp) / "cache"), "--tokenizer", tokenizer]
         child += ["--template", args.template, "--max-seq-length", str(args.max_seq_length)]
         if args.num_proc:
             child += ["--num-proc", str(args.num_proc)]
         print(f"machine: {machine()}; load average before: {load_average()}")
-        print(f"data: {args.rows:,} rows ({note}), template {args.template}, tokenizer {Path(args.tokenizer).name}")
+        print(f"data: {args.rows:,} rows ({note}), template {args.template}, {tokenizer_note}")
         print(f"{'phase':<6} {'seconds':>8} {'target':>7} {'ok':>4}   (prepare+setup / loader / imports apart)")
         for name in ("cold", "warm"):
             result = run_child([*child, "--phase", name], timeout=600)

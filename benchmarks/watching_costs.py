@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REAL_TOKENIZER, REPO, alpaca_rows, load_average, machine, write_rows
+from common import REPO, alpaca_rows, load_average, machine, tokenizer_source, write_rows
 
 sys.path.insert(0, str(REPO / "src"))
 
@@ -52,7 +52,8 @@ def main() -> None:
     from litsft.loss import masked_ce_sum
     from litsft.prompts import ALPACA
 
-    tokenizer_path = REAL_TOKENIZER if REAL_TOKENIZER.is_dir() else REPO / "configs" / "smoke" / "tiny-gpt2"
+    tokenizer_path, tokenizer_note = tokenizer_source(None)
+    print(f"tokenizer: {tokenizer_note}")
     rows, note = alpaca_rows(args.val_rows + 1, None)
     with tempfile.TemporaryDirectory() as tmp:
         dm = AlpacaDataModule(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,15 @@ def _one_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _command_line():
+    """Tests call `cli_main(args)` as a user types `python train.py args`: pytest's own arguments are not part of
+    that command line (LightningCLI warns when it sees both)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["train.py"])
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

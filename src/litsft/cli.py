@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from litsft.callbacks.data_audit import DataAuditCallback
@@ -17,17 +20,28 @@ from litsft.callbacks.prediction_writer import PredictionWriter
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
 from litsft.callbacks.validation_schedule import ValidationSchedule
+from litsft.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
+from litsft.console import (
+    ModelLineCallback,
+    quiet_libraries,
+    quiet_logs,
+    quiet_noise_warnings,
+    quiet_warnings,
+    run_summary,
+)
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
-from litsft.hf_loading import check_weights, context_length
 from litsft.module import SFTModule
-from litsft.resume import check_checkpoint, resolve_last_checkpoint, search_roots
+from litsft.preflight import check_run
+from litsft.resume import check_checkpoint, resolve_last_checkpoint
+from litsft.threads import CpuThreadsCallback
 from litsft.wandb_setup import LoggedConfigCallback, WandbRunIdCallback, finish_run, prepare_loggers
 
 # configs/default.yaml in a source checkout (editable install); absent in a wheel, where the class defaults,
 # which equal it (tests/test_cli.py checks), apply.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DATA_LINK_TARGETS = ("tokenizer_name_or_path", "trust_remote_code")  # follow --model.* (linked)
 
 
 def _tokenizer_source(model_name_or_path: str, tokenizer_name_or_path: str | None) -> str:
@@ -120,14 +134,25 @@ def choose_validation_schedule(config) -> None:
 
 
 class SFTCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
+    checks_model = True  # the preflight check loads the model's config (preview needs only the data side)
+
+    def add_core_arguments_to_parser(self, parser) -> None:
+        # Lightning's order, with litsft's own groups first: --help shows model, data and the callbacks' settings
+        # before the ~60 Trainer flags (which Lightning puts first).
+        parser.add_lightning_class_args(self.model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
+        parser.add_lightning_class_args(SampleGenerationCallback, "samples")  # always on: --samples.enabled false
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.add_lightning_class_args(NonFiniteLossCallback, "nonfinite")  # NaN/inf loss: stop, or skip
         parser.add_lightning_class_args(InterruptCallback, "interrupt")  # SIGTERM/Ctrl-C: last.ckpt, exact resume
         parser.add_lightning_class_args(ThroughputCallback, "throughput")  # always on: --throughput.enabled false
-        parser.add_lightning_class_args(SampleGenerationCallback, "samples")  # always on: --samples.enabled false
         parser.add_lightning_class_args(ValidationSchedule, "validation")  # ~10 validations per run, step-aligned
         parser.add_lightning_class_args(PredictionWriter, "predictions")  # `predict` -> JSONL
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        retitle_trainer_group(parser)
+
+    def add_arguments_to_parser(self, parser) -> None:
         # One source of truth: the tokenizer follows the model unless --model.tokenizer_name_or_path is set.
         parser.link_arguments(
             ("model.model_name_or_path", "model.tokenizer_name_or_path"),
@@ -150,35 +175,51 @@ class SFTCLI(LightningCLI):
         if self.subcommand == "fit":
             check_trains_something(trainer)
         choose_validation_schedule(self._config())
+        # Model, tokenizer, dataset, max_seq_length: all problems at once, the hub's reachability decided once.
+        check_run(self._config().model.as_dict(), self._config().data.as_dict(), check_model=self.checks_model)
         if self.subcommand:  # W&B offline fallback, save_dir under default_root_dir, run id on resume
             prepare_loggers(self._config(), self.subcommand)
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        if not self.model.hparams.random_init:
-            check_weights(self.model.hparams.model_name_or_path)
-        limit = context_length(self.model.hf_config)
-        if limit is not None and self.datamodule.max_seq_length > limit:
-            raise LitSFTError(
-                f"--data.max_seq_length={self.datamodule.max_seq_length} exceeds the context of "
-                f"'{self.model.hparams.model_name_or_path}' ({limit} positions). Use --data.max_seq_length {limit} "
-                "or less."
-            )
+            quiet_warnings(self.subcommand, resuming=bool(self._config().get("ckpt_path")))
+            quiet_libraries()
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI opens --ckpt_path right after parsing, to take the model's hyperparameters from it. First
-        # resolve `last` (the newest last.ckpt of the run's folders: Lightning would look in this run's new logger
-        # version only) and check the file, so a wrong path or file is one message, not a torch.load stack trace.
+        # resolve `last` (the newest last.ckpt of this run's checkpoint folders: Lightning would look in this run's new
+        # logger version only) and check the file, so a wrong path or file is one message, not a torch.load trace.
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else {}
         path, weights_only = config.get("ckpt_path"), config.get("weights_only") is not False
         if path == "last":
-            roots = search_roots(config.trainer.as_dict())
-            config.ckpt_path = resolve_last_checkpoint(roots, weights_only, subcommand)
+            config.ckpt_path = resolve_last_checkpoint(config.trainer.as_dict(), weights_only, subcommand)
         elif path and path not in ("best", "hpc") and not str(path).startswith("registry"):
             check_checkpoint(Path(path).expanduser(), weights_only, for_fit=subcommand == "fit")
         if weights_only:  # Lightning reads the hyperparameters with weights_only=True
             super()._parse_ckpt_path()
+            if subcommand in ("validate", "test", "predict") and self.config[subcommand].get("ckpt_path"):
+                self._data_from_checkpoint(subcommand)
+
+    def _data_from_checkpoint(self, subcommand: str) -> None:
+        """`validate|test|predict --ckpt_path X` evaluates X on the data it was trained on.
+
+        Lightning takes only the model's hyperparameters from the checkpoint; with the data settings of the default
+        config instead of the run's, a smoke checkpoint met Alpaca from the hub and a max_seq_length over its
+        model's context. Here every `--data.*` setting the user left at its default comes from the checkpoint too;
+        those set on the command line or in a -c config win, as for the model's. A mismatched pair was then
+        "fixed" with advice that led to the next error.
+        """
+        checkpoint = torch.load(self.config[subcommand].ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        saved = checkpoint.get("datamodule_hyper_parameters") or {}
+        current = self.config[subcommand].data
+        default = self.parser.parse_args([subcommand])[subcommand].data  # with the default config files
+        taken = {
+            key: value
+            for key, value in saved.items()
+            if key in current and key not in DATA_LINK_TARGETS and current[key] == default[key] != value
+        }
+        if taken:
+            self.config = self.parser.parse_object({subcommand: {"data": taken}}, self.config)
+            shown = ", ".join(f"{key}={value!r}" for key, value in taken.items())
+            rank_zero_info(f"litsft: data settings of the checkpoint (pass --data.* to change them): {shown}")
 
     def _default_weights_only(self) -> None:
         config = self.config_init[self.subcommand]
@@ -191,6 +232,8 @@ class SFTCLI(LightningCLI):
 class PreviewCLI(SFTCLI):
     """The training CLI without a subcommand, plus `--rows` and `--jsonl`: for `python -m litsft.preview`."""
 
+    checks_model = False
+
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--rows", type=int, default=10, help="Source rows to process and show.")
@@ -202,24 +245,48 @@ class PreviewCLI(SFTCLI):
         self.datamodule = AlpacaDataModule(**self.config.data.as_dict())
 
 
+def refuse_optimizer_flags(args: list[str]) -> None:
+    """LightningCLI's --optimizer / --lr_scheduler would replace SFTModule.configure_optimizers (the weight decay
+    groups, warmup and cosine schedule); litsft leaves them out of the CLI and says where the settings are."""
+    for arg in args:
+        flag = arg.split("=", 1)[0].split(".", 1)[0]
+        if flag in ("--optimizer", "--lr_scheduler"):
+            raise LitSFTError(
+                f"{flag}: litsft trains with AdamW and a linear warmup then cosine decay, set with "
+                "--model.learning_rate, --model.weight_decay, --model.betas, --model.warmup_ratio and "
+                "--model.min_lr_ratio (see `python train.py fit --help`); another optimizer needs a subclass of "
+                "SFTModule."
+            )
+
+
 def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -> SFTCLI:
     """Build `cli_class` on `args`; bad input exits with status 2 and a one-paragraph message."""
     defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
+    started, cli, summary = time.monotonic(), None, None
+    noise_filters = warnings.catch_warnings()  # console.quiet_warnings' filters end with the command
+    noise_filters.__enter__()
+    quiet_noise_warnings()
+    quiet_logs()
     try:
-        return cli_class(
+        refuse_optimizer_flags(sys.argv[1:] if args is None else args)
+        cli = cli_class(
             SFTModule,
             AlpacaDataModule,
             args=args,
             run=run,
             save_config_callback=LoggedConfigCallback,  # config.yaml (secrets redacted) + the W&B run config
             save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # SFTModule.configure_optimizers is the one source (--model.*)
             trainer_defaults={
                 "use_distributed_sampler": False,
-                "callbacks": [DataAuditCallback(), WandbRunIdCallback()],  # always on, nothing to configure
+                "enable_model_summary": False,  # a 15-line table; ModelLineCallback prints one line instead
+                # always on, nothing to configure (CpuThreadsCallback: set OMP_NUM_THREADS to choose yourself)
+                "callbacks": [DataAuditCallback(), WandbRunIdCallback(), CpuThreadsCallback(), ModelLineCallback()],
             },
-            parser_kwargs={name: {"default_config_files": defaults} for name in SUBCOMMANDS}
+            # jsonargparse gives subcommands the main parser's formatter: both get litsft's
+            parser_kwargs={"formatter_class": HelpFormatter, **{name: parser_kwargs(defaults) for name in SUBCOMMANDS}}
             if run
-            else {"default_config_files": defaults},
+            else parser_kwargs(defaults, usage=None),
         )
     except LitSFTError as err:
         print(f"litsft: error: {err}", file=sys.stderr)
@@ -233,7 +300,12 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
         print("litsft: interrupted.", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
+        summary = run_summary(cli, started) if cli is not None and run else None  # while the W&B run is open
         finish_run()  # one W&B run per job, also when jobs share a process (tests, notebooks)
+        noise_filters.__exit__(None, None, None)
+    if summary:  # the last lines of the command, after W&B's: where the run's outputs are
+        print(summary, flush=True)
+    return cli
 
 
 def cli_main(args: list[str] | None = None) -> SFTCLI:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from litsft.errors import LitSFTError
+from litsft.hub import check_hub
 from litsft.prompt_files import SamplePrompt, read_prompts
 from litsft.prompts import TEMPLATE_FILE, PromptTemplate, get_template
 
@@ -206,6 +207,7 @@ def run(args: argparse.Namespace, out=None) -> list[dict]:
         template = choose_template(args.model, args.template)
         texts = [template.render(p.instruction, p.input) for p in prompts]
     models = [("fine-tuned", args.model)] + ([("base", args.compare)] if args.compare else [])
+    check_hub([name for _, name in models])  # offline: decided once, then the cache answers at once (no retries)
     answers: dict[str, list[Answer]] = {}
     for role, name in models:
         flag = "--model" if role == "fine-tuned" else "--compare"

@@ -32,10 +32,20 @@ def _explain(what: str, name: str, flag: str, err: Exception) -> LitSFTError:
             f"{flag}: '{name}' is not a Hugging Face {what} folder ({type(err).__name__}: {err}). "
             f"Pass a folder written by `save_pretrained`, or a hub id such as 'distilgpt2'."
         )
+    from litsft.hub import offline_reason
+
+    local = f"{flag} /path/to/{name.split('/')[-1]}"
+    if offline_reason() is not None:  # decided once for the run (litsft.hub); never "set HF_HUB_OFFLINE=1" again
+        from huggingface_hub import constants
+
+        return LitSFTError(
+            f"{flag}: {what} '{name}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}). Where there is "
+            f"network, `hf download {name}` fills the cache (copy it here), or save it with `save_pretrained` and pass "
+            f"the folder: {local}."
+        )
     return LitSFTError(
-        f"{flag}: could not load {what} '{name}' from the Hugging Face hub ({type(err).__name__}). "
-        "If this machine is offline, download it elsewhere with `save_pretrained` and pass the local folder, "
-        f"e.g. {flag} /path/to/{name.split('/')[-1]}; or set HF_HUB_OFFLINE=1 to use what is already cached."
+        f"{flag}: could not load {what} '{name}' from the Hugging Face hub ({type(err).__name__}: {str(err)[:200]}). "
+        f"Check the id (https://huggingface.co/{name}), or pass a local folder written by `save_pretrained`: {local}."
     )
 
 

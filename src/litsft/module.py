@@ -118,7 +118,11 @@ class SFTModule(LightningModule):
             model.train()  # from_pretrained returns eval mode; evaluation loops switch to eval themselves
         if hp.gradient_checkpointing:
             model.config.use_cache = False
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.2x renamed it (the old name warns, and goes in v6)
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:  # after gradient checkpointing (peft adapts to it), before sharding and compiling
             from litsft.lora import apply_lora, describe, weights_fingerprint
 

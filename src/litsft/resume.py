@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import shlex
+import time
 import zipfile
 from pathlib import Path
 
@@ -70,34 +71,57 @@ def set_rng_state(state: dict) -> None:
 # -- --ckpt_path ----------------------------------------------------------------------------------------------
 
 
-def search_roots(trainer_config: dict) -> list[Path]:
-    """The run's folders, from the trainer's config: `default_root_dir` and every logger `save_dir` and
-    checkpoint `dirpath` in it (read before the trainer exists, so `--ckpt_path last` resolves first of all)."""
-    found: list[str] = [trainer_config.get("default_root_dir") or "."]
-
-    def walk(value) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key in ("save_dir", "dirpath") and isinstance(item, str | Path):
-                    found.append(str(item))
-                else:
-                    walk(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
-
-    walk({k: trainer_config.get(k) for k in ("logger", "callbacks")})
-    return list(dict.fromkeys(Path(root).expanduser().resolve() for root in found))
+def _entries(value) -> list[dict]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [entry for entry in value if isinstance(entry, dict)]
+    return []
 
 
-def find_last_checkpoint(roots: list[Path]) -> Path | None:
-    """The newest `last*.ckpt` under `roots`.
+def checkpoint_folders(trainer_config: dict) -> list[tuple[Path, str]]:
+    """Where this run's checkpoints can be, from the trainer's config, as (folder, glob pattern) pairs.
+
+    Read before the trainer exists, so `--ckpt_path last` resolves first of all. Lightning's ModelCheckpoint writes
+    to its `dirpath` when set, else to `<first logger's save_dir>/<name>/<version>/checkpoints` (W&B: name = project,
+    version = run id; CSV: name, version_N), else to `<default_root_dir>/checkpoints` when there is no logger. Only
+    those layouts are searched, never a whole tree: a W&B logger without `save_dir` resolves to ".", and searching
+    "." would find every other run under the working directory (another run's `last.ckpt`).
+    """
+    root = Path(trainer_config.get("default_root_dir") or ".").expanduser()
+    folders: list[tuple[Path, str]] = [(root, "checkpoints/last*.ckpt")]  # no logger; litsft's interrupt fallback
+    loggers = trainer_config.get("logger")
+    if loggers is None or loggers is True:  # Lightning's default logger: <default_root_dir>/lightning_logs/version_N
+        folders.append((root, "*/*/checkpoints/last*.ckpt"))
+    for entry in _entries(loggers):
+        args = entry.get("init_args") or {}
+        save_dir = args.get("save_dir")
+        is_wandb = str(entry.get("class_path", "")).rsplit(".", 1)[-1] == "WandbLogger"
+        if save_dir in (None, "") or (is_wandb and str(save_dir) == "."):  # as prepare_loggers resolves it
+            save_dir = root
+        folders.append((Path(save_dir).expanduser(), "*/*/checkpoints/last*.ckpt"))
+    for entry in _entries(trainer_config.get("callbacks")):
+        dirpath = (entry.get("init_args") or {}).get("dirpath")
+        if isinstance(dirpath, str | Path):
+            folders.append((Path(dirpath).expanduser(), "last*.ckpt"))
+    unique = {(folder.resolve(), pattern): None for folder, pattern in folders}
+    return list(unique)
+
+
+def find_last_checkpoints(folders: list[tuple[Path, str]]) -> list[Path]:
+    """Every `last*.ckpt` of the run's checkpoint folders, newest first.
 
     Lightning's own `ckpt_path="last"` looks only in this run's checkpoint folder, which is new for each run
     when a logger numbers its versions (csv/version_1/...): it would silently start from scratch.
     """
-    found = [p for root in roots if root.is_dir() for p in root.rglob("last*.ckpt") if LAST_NAME.match(p.name)]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    found = {
+        path.resolve()
+        for folder, pattern in folders
+        if folder.is_dir()
+        for path in folder.glob(pattern)
+        if LAST_NAME.match(path.name) and path.is_file()
+    }
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def check_checkpoint(path: Path, weights_only: bool, for_fit: bool) -> None:
@@ -124,17 +148,22 @@ def check_checkpoint(path: Path, weights_only: bool, for_fit: bool) -> None:
         )
 
 
-def resolve_last_checkpoint(roots: list[Path], weights_only: bool, subcommand: str) -> str:
-    """`--ckpt_path last`: the newest last.ckpt under the run's folders, checked."""
-    newest = find_last_checkpoint(roots)
-    if newest is None:
+def resolve_last_checkpoint(trainer_config: dict, weights_only: bool, subcommand: str) -> str:
+    """`--ckpt_path last`: the newest last.ckpt of this run's checkpoint folders, checked and announced."""
+    folders = checkpoint_folders(trainer_config)
+    found = find_last_checkpoints(folders)
+    if not found:
         raise LitSFTError(
-            f"--ckpt_path last: no last.ckpt under {', '.join(map(str, roots))}. Pass the checkpoint's path (the "
-            "interrupted run printed it), the run's --trainer.default_root_dir, or leave --ckpt_path out to start "
-            "a new run."
+            f"--ckpt_path last: no last.ckpt under {', '.join(str(f / p) for f, p in folders)}. Pass the checkpoint's "
+            "path (the interrupted run printed it), the run's --trainer.default_root_dir, or leave --ckpt_path out "
+            "to start a new run."
         )
-    rank_zero_info(f"litsft: resuming from {newest}")
+    newest = found[0]
     check_checkpoint(newest, weights_only, for_fit=subcommand == "fit")
+    step = torch.load(newest, map_location="cpu", weights_only=weights_only, mmap=True).get("global_step")
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(newest.stat().st_mtime))
+    others = f"; the newest of {len(found)} last.ckpt of this run's folders" if len(found) > 1 else ""
+    rank_zero_info(f"litsft: --ckpt_path last: {newest} (step {step}, written {written}{others})")
     return str(newest)
 
 

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from litsft.console import no_datasets_progress
 from litsft.data.cache import TokenizedCache, default_cache_dir, tokenizer_fingerprint
 from litsft.data.chat_data import ChatData
 from litsft.data.collate import SFTCollator
@@ -98,6 +99,9 @@ class AlpacaDataModule(LightningDataModule):
                 template; default: the tokenizer's own. It is saved with the exported tokenizer.
         """
         super().__init__()
+        # In every checkpoint, so `validate|test|predict --ckpt_path` evaluate on the run's own data (cli.py). The
+        # tokenizer and trust_remote_code follow the model's (linked), which the checkpoint holds already.
+        self.save_hyperparameters(ignore=["tokenizer_name_or_path", "trust_remote_code"])
         self.template: PromptTemplate = get_template(prompt_template)
         for flag, value in (("max_seq_length", max_seq_length), ("batch_size", batch_size)):
             if value <= 0:
@@ -232,7 +236,8 @@ class AlpacaDataModule(LightningDataModule):
                 f"{self.dataset}: all {counts.rows} rows were dropped: every prompt fills --data.max_seq_length "
                 f"({self.max_seq_length}). Raise max_seq_length."
             )
-        cache.save(processed, counts)
+        with no_datasets_progress():  # the Tokenizing bar above showed the long part
+            cache.save(processed, counts)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from litsft.console import no_datasets_progress
 from litsft.prompts import PromptTemplate
 
 IGNORE_INDEX = -100
@@ -166,5 +167,6 @@ def process_rows(
         empty_output=sum(empty),
     )
     kept = tokenized.select(keep) if len(keep) < len(rows) else tokenized
-    kept = kept.remove_columns(["truncated", "empty_output"]).flatten_indices()
+    with no_datasets_progress():  # a copy in memory, instant after the Tokenizing bar
+        kept = kept.remove_columns(["truncated", "empty_output"]).flatten_indices()
     return kept, counts

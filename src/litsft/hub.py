@@ -1,0 +1,113 @@
+"""Is the Hugging Face hub usable from here? Decided once per run, before anything is loaded from it.
+
+Offline, `from_pretrained` and `load_dataset` each retry every file five times with backoff (1+2+4+8+8 s, each
+retry printed), then fail, and a run finds its problems one at a time: 43 s for the model, then the next error.
+huggingface_hub reads HF_HUB_OFFLINE once, at import (its maintainers' advice for deciding at run time: set
+`huggingface_hub.constants.HF_HUB_OFFLINE`); transformers 5 asks `huggingface_hub.is_offline_mode()`, which reads
+that constant, and datasets keeps its own copy (`datasets.config.HF_HUB_OFFLINE`). So when the run needs the hub
+and HF_HUB_OFFLINE is not set, one TCP connection to the hub's endpoint (or the proxy that serves it) decides; if it
+fails, both libraries are switched to offline mode: what is cached loads at once, the rest fails at once, and the
+preflight check (`litsft.preflight`) reports every missing piece in one message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from litsft.hf_loading import looks_like_path
+
+TRUE = {"1", "ON", "YES", "TRUE"}
+_detected: str | None = None  # why this process switched the hub libraries offline, if it did
+
+
+def offline_by_env() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    env = any(os.environ.get(name, "").upper() in TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return env or bool(constants.HF_HUB_OFFLINE and _detected is None)
+
+
+def offline_reason() -> str | None:
+    """Why the hub cannot be used in this run ("HF_HUB_OFFLINE=1 is set", "... cannot be reached"), or None."""
+    if offline_by_env():
+        return "HF_HUB_OFFLINE=1 is set"
+    return _detected
+
+
+def needs_hub(name: str | None) -> bool:
+    """A hub id (`distilgpt2`, `org/name`), not a local file or folder."""
+    return bool(name) and not looks_like_path(name) and not Path(name).expanduser().exists()
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _connect_target(url: str) -> tuple[str, int]:
+    """Where a request to `url` goes first: the proxy that serves it (HTTPS_PROXY, ...), else the host itself."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "huggingface.co"
+    proxy = urllib.request.getproxies().get(parsed.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        return proxied.hostname or host, proxied.port or 80
+    return host, parsed.port or (80 if parsed.scheme == "http" else 443)
+
+
+def unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """Why `url` cannot be connected to within `timeout` seconds (DNS included, hence the thread), or None."""
+    host, port = _connect_target(url)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(None)
+        except OSError as err:
+            outcome.append(err.strerror or type(err).__name__)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if not outcome:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    return None if outcome[0] is None else f"{host}:{port}: {outcome[0]}"
+
+
+def _switch_offline() -> None:
+    """huggingface_hub (and so transformers) and datasets offline for the rest of this process."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    try:
+        import datasets.config
+
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+
+
+def check_hub(names: list[str | None], timeout: float = 3.0) -> str | None:
+    """Once per run, before loading: if any of `names` is a hub id, decide whether the hub can be used.
+
+    Returns why it cannot (the libraries are then offline), or None when it can or is not needed.
+    """
+    global _detected
+    if offline_by_env():
+        _switch_offline()  # HF_HUB_OFFLINE set after the libraries were imported (a notebook): they follow it now
+        return offline_reason()
+    if _detected is not None or not any(needs_hub(name) for name in names):
+        return _detected
+    why = unreachable(endpoint(), timeout)
+    if why is not None:
+        _switch_offline()
+        _detected = f"the Hugging Face hub {endpoint()} cannot be reached ({why})"
+    return _detected
