@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from litsft.atomic_files import disk_full_in_chain, explain_disk_full
 from litsft.callbacks.data_audit import DataAuditCallback
 from litsft.callbacks.export import ExportCallback
 from litsft.callbacks.interrupt import InterruptCallback, report_stop
@@ -16,11 +18,14 @@ from litsft.callbacks.nonfinite import NonFiniteLossCallback
 from litsft.callbacks.prediction_writer import PredictionWriter
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
+from litsft.checkpoint_io import use_atomic_checkpoints
+from litsft.config_files import check_config_files
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
 from litsft.hf_loading import check_weights, context_length
 from litsft.module import SFTModule
 from litsft.resume import check_checkpoint, resolve_last_checkpoint, search_roots
+from litsft.resume_check import RunSettingsCallback, check_resume, read_saved_settings, run_settings
 from litsft.wandb_setup import LoggedConfigCallback, WandbRunIdCallback, finish_run, prepare_loggers
 
 # configs/default.yaml in a source checkout (editable install); absent in a wheel, where the class defaults,
@@ -92,8 +97,16 @@ class SFTCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        use_atomic_checkpoints(self.trainer)  # temp file beside the target, fsync, rename
         if not self.model.hparams.random_init:
             check_weights(self.model.hparams.model_name_or_path)
+        hp = self.model.hparams
+        vocab, tokens = getattr(self.model.hf_config, "vocab_size", None), len(self.datamodule.tokenizer)
+        if isinstance(vocab, int) and vocab < tokens and (hp.random_init or hp.config_overrides):
+            raise LitSFTError(
+                f"the model's vocab_size ({vocab}) is below the tokenizer's {tokens} tokens: token ids {vocab} and up "
+                f"would index past the embedding. Use --model.config_overrides '{{vocab_size: {tokens}}}' or more."
+            )
         limit = context_length(self.model.hf_config)
         if limit is not None and self.datamodule.max_seq_length > limit:
             raise LitSFTError(
@@ -114,15 +127,40 @@ class SFTCLI(LightningCLI):
             config.ckpt_path = resolve_last_checkpoint(roots, weights_only, subcommand)
         elif path and path not in ("best", "hpc") and not str(path).startswith("registry"):
             check_checkpoint(Path(path).expanduser(), weights_only, for_fit=subcommand == "fit")
-        if weights_only:  # Lightning reads the hyperparameters with weights_only=True
+        # Lightning would put the checkpoint's model hyperparameters over this run's flags: for `fit` they are
+        # compared instead (before_fit), so a changed flag takes effect or is refused, never silently replaced.
+        if weights_only and subcommand != "fit":  # Lightning reads the hyperparameters with weights_only=True
             super()._parse_ckpt_path()
+
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if seed is not None and not isinstance(seed, bool) and not (isinstance(seed, int) and 0 <= seed < 2**32):
+            # Lightning would warn and silently use seed 0 instead
+            raise LitSFTError(f"--seed_everything must be true, false or an integer in [0, 2^32), got {seed!r}.")
+        self._random_seed = seed is True  # a new random seed every run
+        super()._set_seed()
 
     def _default_weights_only(self) -> None:
         config = self.config_init[self.subcommand]
         if config.get("weights_only") is None:
             config["weights_only"] = True  # checkpoints never run code when loaded (torch < 2.6 defaulted to False)
 
-    before_fit = before_validate = before_test = before_predict = _default_weights_only
+    before_validate = before_test = before_predict = _default_weights_only
+
+    def before_fit(self) -> None:
+        self._default_weights_only()
+        config = self.config["fit"]
+        settings = run_settings(config, self.trainer)
+        if getattr(self, "_random_seed", False):
+            settings["seed_everything"] = None
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("best", "hpc") and Path(ckpt_path).exists():
+            # Before anything is written: a refused resume leaves the run's folder exactly as it was.
+            saved, hparams = read_saved_settings(ckpt_path, config.get("weights_only") is not False)
+            changes = check_resume(saved, hparams, settings, ckpt_path)
+            if changes:
+                rank_zero_info("litsft: resuming with changed settings:\n  " + "\n  ".join(changes))
+        self.trainer.callbacks.insert(0, RunSettingsCallback(settings))
 
 
 class PreviewCLI(SFTCLI):
@@ -143,6 +181,7 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
     """Build `cli_class` on `args`; bad input exits with status 2 and a one-paragraph message."""
     defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
     try:
+        check_config_files(sys.argv[1:] if args is None else args, defaults)  # errors name the file and line
         return cli_class(
             SFTModule,
             AlpacaDataModule,
@@ -169,6 +208,19 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second Ctrl-C
         print("litsft: interrupted.", file=sys.stderr)
         raise SystemExit(130) from None
+    except SystemExit as done:
+        # Lightning turns a Ctrl-C outside the training loop (data preparation, tokenization, set-up) into
+        # exit status 1, from inside its KeyboardInterrupt handler; the shell convention is 130.
+        if done.code == 1 and isinstance(done.__context__, KeyboardInterrupt):
+            print("litsft: interrupted.", file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+    except Exception as err:
+        full = disk_full_in_chain(err)  # a full disk is one message, whichever write met it first
+        if full is None:
+            raise
+        print(f"litsft: error: {explain_disk_full(full)}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         finish_run()  # one W&B run per job, also when jobs share a process (tests, notebooks)
 
