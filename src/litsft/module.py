@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from lightning.pytorch import LightningModule
 from torchmetrics.aggregation import SumMetric
@@ -15,7 +13,7 @@ from litsft.generation import generate_ids
 from litsft.hf_loading import load_config, load_model
 from litsft.loss import head_can_be_gathered, masked_ce_sum
 from litsft.metrics import TokenMean
-from litsft.optim import param_groups, warmup_cosine
+from litsft.optim import check_optimizer_settings, param_groups, warmup_cosine
 
 
 class SFTModule(LightningModule):
@@ -61,11 +59,7 @@ class SFTModule(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        for flag, value in (("learning_rate", learning_rate), ("warmup_ratio", warmup_ratio + 1e-12)):
-            if not value > 0 or not math.isfinite(value):
-                from litsft.errors import LitSFTError
-
-                raise LitSFTError(f"--model.{flag} must be a positive number, got {value}.")
+        check_optimizer_settings(learning_rate, weight_decay, betas, warmup_ratio, min_lr_ratio)
         # Loading the config now (not the weights) fails early for a bad path or an offline hub id, and gives
         # the context length that the CLI checks against --data.max_seq_length.
         self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides)
