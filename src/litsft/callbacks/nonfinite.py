@@ -207,10 +207,10 @@ class LastFiniteState:
                 and set(previous.optim_state) == set(state)
             )
             if not same_shape:  # first step, or AdamW just created its moments
-                copy = [p.detach().clone() for p in params]
+                copy = [_local(p).clone() for p in params]
                 optim_state = {i: {k: _clone(v) for k, v in s.items()} for i, s in state.items()}
                 return cls(params, copy, optim_state, updates, loss)
-            torch._foreach_copy_(previous.param_copy, [p.detach() for p in params])
+            torch._foreach_copy_(previous.param_copy, [_local(p) for p in params])
             for i, s in state.items():
                 for key, value in s.items():
                     saved = previous.optim_state[i][key]
@@ -223,12 +223,19 @@ class LastFiniteState:
 
     def restore(self, pl_module: LightningModule, optimizer) -> None:
         with torch.no_grad():
-            torch._foreach_copy_([p.detach() for p in self.params], self.param_copy)
+            torch._foreach_copy_([_local(p) for p in self.params], self.param_copy)
             for i, p in enumerate(self.params):
                 if i in self.optim_state:
                     optimizer.state[p] = {k: _clone(v) for k, v in self.optim_state[i].items()}
                 else:
                     optimizer.state.pop(p, None)
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """The tensor holding this rank's values: the local shard of an FSDP2 DTensor (a view, so copying into it
+    writes the parameter), else the parameter itself."""
+    param = param.detach()
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 def _clone(value):
