@@ -1,4 +1,5 @@
-"""What the non-finite check costs per optimizer step: off vs loss only vs loss + gradient norm.
+"""What the non-finite check costs per optimizer step: off vs loss only vs loss + gradient norm, with and without
+the copy of the last finite state (weights + AdamW moments) that a stop restores.
 
     python benchmarks/nonfinite_overhead.py                 # tiny GPT-2 and a 6-layer, 768-wide one, CPU
     python benchmarks/nonfinite_overhead.py --steps 40 --sizes tiny
@@ -33,7 +34,12 @@ from litsft.module import SFTModule  # noqa: E402
 from litsft.smoke_assets import synthetic_rows  # noqa: E402
 
 SIZES = {"tiny": None, "6x768": {"n_layer": 6, "n_embd": 768, "n_head": 12}}
-VARIANTS = {"off": None, "loss only": False, "loss + grad norm": True}
+VARIANTS = {
+    "off": None,
+    "loss only": {"check_gradients": False, "keep_last_finite": False},
+    "loss + grad norm": {"check_gradients": True, "keep_last_finite": False},
+    "+ last-finite copy": {"check_gradients": True, "keep_last_finite": True},  # the default
+}
 
 
 class StepTimer(Callback):
@@ -47,7 +53,7 @@ class StepTimer(Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def run(size: str, check_gradients: bool | None, steps: int, data: Path, cache: Path) -> list[float]:
+def run(size: str, check: dict | None, steps: int, data: Path, cache: Path) -> list[float]:
     seed_everything(0, verbose=False)
     model = SFTModule(
         model_name_or_path=str(REPO / "configs/smoke/tiny-gpt2"), random_init=True, config_overrides=SIZES[size]
@@ -57,7 +63,7 @@ def run(size: str, check_gradients: bool | None, steps: int, data: Path, cache: 
         val_size=0, batch_size=8, num_workers=0, cache_dir=str(cache),
     )  # fmt: skip
     timer = StepTimer()
-    callbacks = [timer] + ([] if check_gradients is None else [NonFiniteLossCallback(check_gradients=check_gradients)])
+    callbacks = [timer] + ([] if check is None else [NonFiniteLossCallback(**check)])
     trainer = Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0,

@@ -41,6 +41,14 @@ def phase(args) -> None:
     loader = dm.train_dataloader()
     batches = len(loader)
     done = time.perf_counter()
+    # The cache entry's self-check (sizes + SHA-256 of its files), part of `prepare_data` above; timed again alone.
+    from litsft.data.cache import TokenizedCache
+
+    entry = TokenizedCache(args.cache, {})
+    entry.path = next(p for p in Path(args.cache).iterdir() if not p.name.startswith("."))
+    check_start = time.perf_counter()
+    assert entry.problem() is None
+    check_s = time.perf_counter() - check_start
     print(
         json.dumps(
             {
@@ -48,6 +56,7 @@ def phase(args) -> None:
                 "prepare_setup_s": prepared - imported,
                 "loader_s": done - prepared,
                 "seconds": done - imported,
+                "check_s": check_s,
                 "train_rows": len(dm.train_rows),
                 "batches": batches,
             }
@@ -88,7 +97,7 @@ def main() -> None:
             print(
                 f"{name:<6} {result['seconds']:>8.2f} {'< ' + str(int(TARGETS[name])):>7} {ok:>4}   "
                 f"({result['prepare_setup_s']:.2f} / {result['loader_s']:.2f} / {result['import_s']:.1f} s; "
-                f"{result['train_rows']:,} train rows)"
+                f"{result['train_rows']:,} train rows; cache check {result['check_s']:.3f} s)"
             )
         print(f"load average after: {load_average()}")
 

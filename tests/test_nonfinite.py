@@ -79,8 +79,13 @@ def test_a_non_finite_step_stops_the_run_with_the_weights_from_before_it(
     assert f"--ckpt_path {checkpoint}" in message
     saved = model_weights(checkpoint)
     assert all(torch.isfinite(w).all() for w in saved.values())
-    before = injected.weights[3]  # the weights the bad step started from
+    # The last state whose loss was finite: with a non-finite loss, the weights step 3 started from gave it, so
+    # those step 2 started from (whose loss was finite); with only the gradient overflowing, step 3's own.
+    kept = 3 if kind == "gradient" else 2
+    before = injected.weights[kept]
     assert all(torch.equal(saved[k], before[k]) for k in before)
+    if kind != "gradient":
+        assert re.search(r"the weights after step 1 \(their loss at step 2 was \d+\.\d+\)", message), message
 
     # The source rows it names are the rows of that batch (as the data file numbers them).
     named = [int(r) for r in re.search(r"source rows ([\d, ]+) of", message).group(1).split(", ")]

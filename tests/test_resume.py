@@ -1,11 +1,13 @@
 """Interrupted runs continue as if they had never stopped: every step's loss after resuming equals the loss of an
-uninterrupted run with the same seed (dropout on, gradient accumulation 2, two epochs, validation mid-epoch)."""
+uninterrupted run with the same seed (dropout on, gradient accumulation 2, two epochs, validation mid-epoch), also
+for stops at an epoch's end (during its validation, in its last step) and in a 2-process DDP run."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,9 +67,11 @@ def assert_same_curve(reference, root, resumed_after: int) -> None:
     _, ref_train, ref_val = reference
     train, val = logged_metrics(root, "train/loss"), logged_metrics(root, "val/loss")
     after = {s: v for s, v in train.items() if s >= resumed_after}
+    later_val = {s: v for s, v in ref_val.items() if s >= resumed_after}
     assert set(after) == {s for s in ref_train if s >= resumed_after}, "a step is missing or extra"
     assert after == {s: ref_train[s] for s in after}  # exactly equal, not approximately
-    assert {s: v for s, v in val.items() if s >= resumed_after} == {s: v for s, v in ref_val.items() if s in val}
+    # every validation of the reference from there on, none skipped (a stop just before one used to skip it)
+    assert {s: v for s, v in val.items() if s >= resumed_after} == later_val
 
 
 def resumed_step(checkpoint) -> int:
@@ -164,6 +168,161 @@ def test_sigterm_kills_a_real_cli_run_mid_epoch_and_the_printed_command_resumes_
     assert 0 < stopped_at < len(reference[1])
     cli_one_thread(command[2:])  # the printed command, run from the repo as it says
     assert_same_curve(reference, tmp_path, resumed_after=0)
+
+
+# -- stops at an epoch's end, and under DDP (issue 13) ------------------------------------------------------------
+
+# Training micro-batches per epoch (2 per optimizer step); validations run after micro-batches 11 and 23.
+BATCHES = 2 * STEPS_PER_EPOCH
+
+
+class SignalAtValidation(Callback):
+    """Sends `signum` to this process at the first batch of the `occurrence`-th validation inside training."""
+
+    def __init__(self, signum: int = 15, occurrence: int = 2) -> None:
+        self.signum, self.occurrence, self.seen = signum, occurrence, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.seen += not trainer.sanity_checking
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and self.seen == self.occurrence and batch_idx == 0:
+            os.kill(os.getpid(), self.signum)
+
+
+class SignalAtBatch(Callback):
+    """Sends `signum` to this process as training micro-batch `batch` of epoch `epoch` starts."""
+
+    def __init__(self, signum: int = 15, epoch: int = 0, batch: int = BATCHES - 1) -> None:
+        self.signum, self.epoch, self.batch, self.sent = signum, epoch, batch, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+class PauseInValidation(Callback):
+    """Test helper for killed runs: at the `occurrence`-th validation inside training, writes `marker` and takes
+    a second per batch, so a signal from outside lands during that validation."""
+
+    def __init__(self, marker: str = "", occurrence: int = 2) -> None:
+        self.marker, self.occurrence, self.seen = marker, occurrence, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.seen += not trainer.sanity_checking
+        if self.seen == self.occurrence and self.marker:
+            Path(self.marker).touch()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.seen == self.occurrence and not trainer.sanity_checking:
+            time.sleep(1.0)
+
+
+def assert_whole_curve(reference, root) -> None:
+    """Every step's train/loss and every validation's val/loss, at the same steps, bit for bit."""
+    _, ref_train, ref_val = reference
+    assert logged_metrics(root, "val/loss") == ref_val
+    assert logged_metrics(root, "train/loss") == ref_train
+
+
+CALLBACK = "--trainer.callbacks+=tests.test_resume."
+STOPS = [
+    pytest.param([CALLBACK + "SignalAtValidation"], "step 12 (epoch 1, 0 of", id="during-epoch-end-validation"),
+    pytest.param([CALLBACK + "SignalAtBatch"], "step 12 (epoch 1, 0 of", id="last-micro-batch-of-epoch"),
+    pytest.param([CALLBACK + "SignalAtBatch", "--trainer.callbacks.batch", str(BATCHES - 2)],
+                 "step 12 (epoch 1, 0 of", id="last-step-of-epoch"),
+    pytest.param([CALLBACK + "SignalAtBatch", "--trainer.callbacks.batch", "10"],
+                 "step 6 (epoch 0, 12 of", id="step-before-mid-epoch-validation"),
+    pytest.param([CALLBACK + "SignalAtBatch", "--trainer.callbacks.epoch", "1"], "step 24 (epoch 2, 0 of",
+                 id="last-batch-of-training"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "stopped"), STOPS)
+def test_a_stop_at_an_epoch_end_resumes_exactly(in_repo, tmp_path, data, reference, capsys, flags, stopped):
+    with pytest.raises(SystemExit) as exit_:
+        cli_one_thread(run_args(tmp_path, data, *flags))
+    assert exit_.value.code == 143
+    assert f"stopped by SIGTERM after {stopped}" in capsys.readouterr().err
+    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", "last"))
+    assert_whole_curve(reference, tmp_path)
+
+
+def wait_for(condition, proc, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"{what} did not happen in time"
+        time.sleep(0.02)
+
+
+def sigterm_from_outside(proc) -> str:
+    proc.send_signal(signal.SIGSTOP)  # frozen while the signal is sent, however fast the machine is
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    return err
+
+
+def start(args, env=None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigterm_to_a_real_run_during_the_epoch_end_validation_resumes_exactly(tmp_path, data, reference):
+    marker = tmp_path / "in-validation"
+    proc = start(run_args(tmp_path, data, CALLBACK + "PauseInValidation", "--trainer.callbacks.marker", str(marker)))
+    try:
+        wait_for(marker.exists, proc, 120, "the epoch-end validation")
+        err = sigterm_from_outside(proc)
+    finally:
+        proc.kill()
+    assert "stopped by SIGTERM after step 12 (epoch 1, 0 of 24 batches done)" in err, err
+    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", "last"))  # (in-process; the pause only slows it)
+    assert_whole_curve(reference, tmp_path)
+
+
+def ddp_args(root, data, *extra) -> list[str]:
+    # 96 training rows / (4 rows x 2 ranks) = 12 micro-batches per epoch, accumulate 2: 6 steps per epoch
+    return ["fit", *tiny_model_args(root, data), *LEAN_ARGS, *csv_logger_args(root), "-c", "configs/strategy/ddp.yaml",
+            "--trainer.devices", "2", "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2",
+            *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sigterm_to_a_two_process_ddp_run_resumes_exactly(tmp_path, data):
+    """Dropout differs per rank (its batches have other shapes): each rank's random state must come back."""
+    env = {"LITSFT_CACHE": str(tmp_path / "cache")}
+    ref = tmp_path / "reference"
+    done = subprocess.run([sys.executable, "train.py", *ddp_args(ref, data)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref_train, ref_val = logged_metrics(ref, "train/loss"), logged_metrics(ref, "val/loss")
+    assert len(ref_train) == 12
+
+    run = tmp_path / "run"
+    proc = start(ddp_args(run, data), env)
+    try:
+        wait_for(lambda: len(logged_metrics(run, "train/loss")) >= 2, proc, 150, "training")
+        err = sigterm_from_outside(proc)
+    finally:
+        proc.kill()
+    checkpoint = err.split("resume exactly where it stopped with (from ")[1].splitlines()[1].split()[-1]
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    assert 0 < state["AlpacaDataModule"]["train_batches"]["batches_done"] < 12, "not stopped mid-epoch"
+    resumed = subprocess.run([sys.executable, "train.py", *ddp_args(run, data, "--ckpt_path", checkpoint)], cwd=REPO,
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                             timeout=180)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert logged_metrics(run, "train/loss") == ref_train  # every step, bit for bit
+    assert logged_metrics(run, "val/loss") == ref_val
 
 
 # -- the sampler's position, on its own ---------------------------------------------------------------------

@@ -1,6 +1,12 @@
 import json
+import re
 import shutil
 import socket
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import yaml
@@ -8,7 +14,7 @@ from jsonargparse import Namespace
 
 from litsft.cli import cli_main
 from litsft.wandb_setup import REDACTED, offline_reason, prepare_loggers, redact, run_id_from_checkpoint
-from tests.conftest import FAKE_WANDB_KEY, tiny_model_args
+from tests.conftest import FAKE_WANDB_KEY, LEAN_ARGS, tiny_model_args
 
 
 @pytest.fixture
@@ -28,11 +34,92 @@ def test_offline_reason_no_login_no_network_and_ok(no_login, monkeypatch):
         port = closed.getsockname()[1]
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     assert "cannot be reached" in offline_reason(timeout=2.0)
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+    with fake_wandb_server(200, {"data": {"viewer": {"id": "me"}}}) as url:  # knows the key
+        monkeypatch.setenv("WANDB_BASE_URL", url)
         assert offline_reason(timeout=2.0) is None
+
+
+@contextmanager
+def fake_wandb_server(status: int | None, answer: dict | None = None):
+    """A W&B server on 127.0.0.1: answers every request with `status` and `answer`, or (status None) accepts
+    connections and never answers."""
+    if status is None:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        return
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps(answer or {}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+SERVERS = {
+    "silent": ((None, None), r"accepted a connection but did not answer within 1 s"),
+    "rejected-key": ((401, {"errors": [{"message": "user is not logged in"}]}), r"rejected the API key \(HTTP 401\)"),
+    "unknown-key": ((200, {"data": {"viewer": None}}), r"does not know the API key"),
+    "server-error": ((502, {}), r"answered HTTP 502"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_a_silent_server_or_a_rejected_key_is_found_within_the_bound(no_login, monkeypatch, server):
+    (status, answer), reason = SERVERS[server]
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)
+    with fake_wandb_server(status, answer) as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        start = time.monotonic()
+        found = offline_reason(timeout=1.0)
+        assert time.monotonic() - start < 3.0  # connect + answer, each bounded by the timeout
+    assert found is not None and re.search(reason, found), found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("server", ["silent", "rejected-key"])
+def test_a_run_with_a_silent_or_refusing_wandb_server_trains_offline_with_one_warning(
+    no_login, monkeypatch, in_repo, tmp_path, alpaca_file, caplog, server
+):
+    """W&B online by default (no WANDB_MODE), a key, and a server on 127.0.0.1 that never answers or refuses
+    the key: before, a ~2-minute hang, then a CommError traceback; now offline within the bound."""
+    (status, answer), reason = SERVERS[server]
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)
+    monkeypatch.setenv("LITSFT_WANDB_TIMEOUT", "1")
+    args = tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "2", *LEAN_ARGS)
+    args[args.index("--trainer.logger") + 1] = json.dumps(
+        [{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "litsft"}}]
+    )
+    with fake_wandb_server(status, answer) as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        start = time.monotonic()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli = cli_main(["fit", *args])
+        elapsed = time.monotonic() - start
+    ours = [str(w.message) for w in caught if str(w.message).startswith("W&B:")]
+    assert len(ours) == 1 and re.search(reason, ours[0]) and "Logging offline" in ours[0], ours
+    assert cli.trainer.global_step == 2 and elapsed < 60
+    assert "at most 2 s; LITSFT_WANDB_TIMEOUT" in caplog.text  # the run says how long it waits
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 def logger_config(root, **wandb_args):

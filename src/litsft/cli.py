@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from litsft.atomic_files import disk_full_in_chain, explain_disk_full
 from litsft.callbacks.data_audit import DataAuditCallback
 from litsft.callbacks.export import ExportCallback
 from litsft.callbacks.interrupt import InterruptCallback, report_stop
@@ -20,7 +21,9 @@ from litsft.callbacks.prediction_writer import PredictionWriter
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
 from litsft.callbacks.validation_schedule import ValidationSchedule
+from litsft.checkpoint_io import use_atomic_checkpoints
 from litsft.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
+from litsft.config_files import check_config_files
 from litsft.console import (
     ModelLineCallback,
     quiet_libraries,
@@ -34,6 +37,7 @@ from litsft.errors import LitSFTError
 from litsft.module import SFTModule
 from litsft.preflight import check_run
 from litsft.resume import check_checkpoint, resolve_last_checkpoint
+from litsft.resume_check import RunSettingsCallback, check_resume, read_saved_settings, run_settings
 from litsft.threads import CpuThreadsCallback
 from litsft.wandb_setup import LoggedConfigCallback, WandbRunIdCallback, finish_run, prepare_loggers
 
@@ -182,6 +186,10 @@ class SFTCLI(LightningCLI):
             quiet_warnings(self.subcommand, resuming=bool(self._config().get("ckpt_path")))
             quiet_libraries()
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        use_atomic_checkpoints(self.trainer)  # temp file beside the target, fsync, rename
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI opens --ckpt_path right after parsing, to take the model's hyperparameters from it. First
         # resolve `last` (the newest last.ckpt of this run's checkpoint folders: Lightning would look in this run's new
@@ -193,7 +201,9 @@ class SFTCLI(LightningCLI):
             config.ckpt_path = resolve_last_checkpoint(config.trainer.as_dict(), weights_only, subcommand)
         elif path and path not in ("best", "hpc") and not str(path).startswith("registry"):
             check_checkpoint(Path(path).expanduser(), weights_only, for_fit=subcommand == "fit")
-        if weights_only:  # Lightning reads the hyperparameters with weights_only=True
+        # Lightning would put the checkpoint's model hyperparameters over this run's flags: for `fit` they are
+        # compared instead (before_fit), so a changed flag takes effect or is refused, never silently replaced.
+        if weights_only and subcommand != "fit":  # Lightning reads the hyperparameters with weights_only=True
             super()._parse_ckpt_path()
             if subcommand in ("validate", "test", "predict") and self.config[subcommand].get("ckpt_path"):
                 self._data_from_checkpoint(subcommand)
@@ -221,12 +231,35 @@ class SFTCLI(LightningCLI):
             shown = ", ".join(f"{key}={value!r}" for key, value in taken.items())
             rank_zero_info(f"litsft: data settings of the checkpoint (pass --data.* to change them): {shown}")
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if seed is not None and not isinstance(seed, bool) and not (isinstance(seed, int) and 0 <= seed < 2**32):
+            # Lightning would warn and silently use seed 0 instead
+            raise LitSFTError(f"--seed_everything must be true, false or an integer in [0, 2^32), got {seed!r}.")
+        self._random_seed = seed is True  # a new random seed every run
+        super()._set_seed()
+
     def _default_weights_only(self) -> None:
         config = self.config_init[self.subcommand]
         if config.get("weights_only") is None:
             config["weights_only"] = True  # checkpoints never run code when loaded (torch < 2.6 defaulted to False)
 
-    before_fit = before_validate = before_test = before_predict = _default_weights_only
+    before_validate = before_test = before_predict = _default_weights_only
+
+    def before_fit(self) -> None:
+        self._default_weights_only()
+        config = self.config["fit"]
+        settings = run_settings(config, self.trainer)
+        if getattr(self, "_random_seed", False):
+            settings["seed_everything"] = None
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("best", "hpc") and Path(ckpt_path).exists():
+            # Before anything is written: a refused resume leaves the run's folder exactly as it was.
+            saved, hparams = read_saved_settings(ckpt_path, config.get("weights_only") is not False)
+            changes = check_resume(saved, hparams, settings, ckpt_path)
+            if changes:
+                rank_zero_info("litsft: resuming with changed settings:\n  " + "\n  ".join(changes))
+        self.trainer.callbacks.insert(0, RunSettingsCallback(settings))
 
 
 class PreviewCLI(SFTCLI):
@@ -269,6 +302,7 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
     quiet_logs()
     try:
         refuse_optimizer_flags(sys.argv[1:] if args is None else args)
+        check_config_files(sys.argv[1:] if args is None else args, defaults)  # errors name the file and line
         cli = cli_class(
             SFTModule,
             AlpacaDataModule,
@@ -299,6 +333,19 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second Ctrl-C
         print("litsft: interrupted.", file=sys.stderr)
         raise SystemExit(130) from None
+    except SystemExit as done:
+        # Lightning turns a Ctrl-C outside the training loop (data preparation, tokenization, set-up) into
+        # exit status 1, from inside its KeyboardInterrupt handler; the shell convention is 130.
+        if done.code == 1 and isinstance(done.__context__, KeyboardInterrupt):
+            print("litsft: interrupted.", file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+    except Exception as err:
+        full = disk_full_in_chain(err)  # a full disk is one message, whichever write met it first
+        if full is None:
+            raise
+        print(f"litsft: error: {explain_disk_full(full)}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         summary = run_summary(cli, started) if cli is not None and run else None  # while the W&B run is open
         finish_run()  # one W&B run per job, also when jobs share a process (tests, notebooks)

@@ -119,15 +119,39 @@ def load_config(
         current = getattr(config, key)
         # Values are YAML data, never code; one of the wrong type would fail deep inside the model's constructor.
         expected = (int, float) if isinstance(current, float) else type(current)
-        if current is not None and not isinstance(value, expected):
+        if current is not None and (
+            not isinstance(value, expected) or isinstance(value, bool) != isinstance(current, bool)
+        ):
             raise LitSFTError(
                 f"--model.config_overrides: '{key}' must be of type {type(current).__name__} like the config's "
                 f"({current!r}), got {type(value).__name__} {value!r:.60}."
             )
+        # Sizes and counts (n_layer, n_head, vocab_size, ...) are positive; 0 or -1 would build an empty model.
+        if isinstance(current, int) and not isinstance(current, bool) and current > 0 and value <= 0:
+            if not key.endswith("_token_id"):
+                raise LitSFTError(f"--model.config_overrides: '{key}' must be a positive integer, got {value}.")
         setattr(config, key, value)
     if dropout is not None:
         set_dropout(config, dropout, name)
+    if overrides:
+        check_buildable(config, name)
     return config
+
+
+def check_buildable(config, name: str) -> None:
+    """Build the model on the meta device (no memory, no weights): overrides that do not fit together (a width
+    not divisible by the head count, ...) fail here with the model's own words instead of later in a traceback."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # noqa: BLE001 - any construction failure is a bad override
+        raise LitSFTError(
+            f"--model.config_overrides: the model of '{name}' cannot be built with these values "
+            f"({type(err).__name__}: {str(err)[:200]})."
+        ) from err
 
 
 WEIGHT_FILES = (

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
@@ -17,7 +15,7 @@ from litsft.hf_loading import load_config, load_model
 from litsft.lora import LoraSettings, as_hparams, lora_settings
 from litsft.loss import head_can_be_gathered, masked_ce_sum
 from litsft.metrics import TokenMean
-from litsft.optim import param_groups, warmup_cosine
+from litsft.optim import check_optimizer_settings, param_groups, warmup_cosine
 
 
 class SFTModule(LightningModule):
@@ -83,11 +81,7 @@ class SFTModule(LightningModule):
         self.adapter_state_keys: set[str] = set()
         self.frozen_state_keys: set[str] = set()
         self.base_fingerprint: torch.Tensor | None = None
-        for flag, value in (("learning_rate", learning_rate), ("warmup_ratio", warmup_ratio + 1e-12)):
-            if not value > 0 or not math.isfinite(value):
-                from litsft.errors import LitSFTError
-
-                raise LitSFTError(f"--model.{flag} must be a positive number, got {value}.")
+        check_optimizer_settings(learning_rate, weight_decay, betas, warmup_ratio, min_lr_ratio)
         if dropout is not None and not 0.0 <= dropout < 1.0:
             from litsft.errors import LitSFTError
 

@@ -53,11 +53,24 @@ def check_run(model: dict, data: dict, check_model: bool = True) -> None:
         except LitSFTError as err:
             problems.append(str(err))
             model_failed = hf_config is None
+    loaded_tokenizer = None
     if not (model_failed and tokenizer == name):  # the tokenizer comes from the model's place: one message says it
         try:
-            load_tokenizer(tokenizer, data.get("trust_remote_code", False))
+            loaded_tokenizer = load_tokenizer(tokenizer, data.get("trust_remote_code", False))
         except LitSFTError as err:
             problems.append(str(err))
+    vocab = getattr(hf_config, "vocab_size", None)
+    if (
+        loaded_tokenizer is not None
+        and isinstance(vocab, int)
+        and (model.get("random_init") or model.get("config_overrides"))
+    ):
+        tokens = len(loaded_tokenizer)
+        if vocab < tokens:  # a pretrained model's own vocabulary is its tokenizer's business; an override is ours
+            problems.append(
+                f"the model's vocab_size ({vocab}) is below the tokenizer's {tokens} tokens: token ids {vocab} and up "
+                f"would index past the embedding. Use --model.config_overrides '{{vocab_size: {tokens}}}' or more."
+            )
     try:
         if source_kind(dataset) == "hub" and reason is not None:
             problems.append(_hub_dataset_problem(dataset, reason))

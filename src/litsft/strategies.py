@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+
+from litsft.atomic_files import replace_folder, temporary_folder_beside
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -80,3 +83,24 @@ class FSDP2Strategy(ModelParallelStrategy):
                 module, optimizer, optim_state_dict=optimizer_state[key], options=StateDictOptions(cpu_offload=True)
             )
         return torch.load(path / "meta.pt", weights_only=weights_only)  # Lightning's metadata file (loops, hparams)
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """A sharded checkpoint (a folder of shards) is written into a temporary folder beside its target, then
+        swapped in whole: a crash during the save leaves the previous checkpoint as it was. One file: through
+        the strategy's CheckpointIO (atomic too, see litsft.checkpoint_io)."""
+        if not self._save_distributed_checkpoint or storage_options is not None:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(filepath))
+        tmp = Path(self.broadcast(str(temporary_folder_beside(target)) if self.global_rank == 0 else None))
+        try:
+            super().save_checkpoint(checkpoint, tmp)  # every rank writes its shard, rank 0 the metadata
+            self.barrier("litsft-sharded-checkpoint-written")
+            if self.global_rank == 0:
+                if target.is_file():
+                    target.unlink()
+                replace_folder(tmp, target)
+        except BaseException:
+            if self.global_rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.barrier("litsft-sharded-checkpoint-in-place")

@@ -23,6 +23,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from litsft.atomic_files import write_text
+
 CHECKPOINT_KEY = "litsft_wandb_run_id"
 OFFLINE_MODES = {"offline", "dryrun", "disabled"}
 REDACTED = "<redacted>"
@@ -36,48 +38,120 @@ SECRET_ENV = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD", re.I)
 # -- which mode --------------------------------------------------------------------------------------------------
 
 
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+
+
 def _wandb_host() -> tuple[str, int]:
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    url = urlparse(_wandb_url())
     return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
 
 
-def _has_login(host: str) -> bool:
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
+def _api_key(host: str) -> str | None:
+    """The API key W&B would use (environment, then ~/.netrc); "" for an identity-token login; None for none."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return ""
     import netrc
 
     path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
-        return netrc.netrc(path).authenticators(host) is not None
+        entry = netrc.netrc(path).authenticators(host)
     except (OSError, netrc.NetrcParseError):
-        return False
+        return None
+    return entry[2] if entry else None
+
+
+def _bounded(fn, timeout: float):
+    """fn() in a daemon thread, given at most `timeout` seconds (DNS lookups ignore socket timeouts):
+    ("done", result), ("error", exception) or ("timeout", None)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(("done", fn()))
+        except Exception as err:  # noqa: BLE001 - reported to the caller
+            outcome.append(("error", err))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else ("timeout", None)
 
 
 def _reachable(host: str, port: int, timeout: float) -> bool:
-    """A TCP connection to the W&B server within `timeout` seconds (DNS included, hence the thread)."""
-    ok: list[bool] = []
+    """A TCP connection to the W&B server within `timeout` seconds (DNS included)."""
 
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            pass
+    def connect() -> bool:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
 
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(ok)
+    return _bounded(connect, timeout)[0] == "done"
 
 
-def offline_reason(timeout: float = 3.0) -> str | None:
-    """Why W&B cannot log online from here (no login, no network), or None when it can."""
+def _key_verdict(key: str, timeout: float) -> str | None:
+    """Ask the W&B server who the key belongs to (its GraphQL `viewer`, as `wandb login` does), within
+    `timeout` seconds: None when it knows the key, else why logging online would fail or hang."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
     host, port = _wandb_host()
-    if not _has_login(host):
+    request = urllib.request.Request(
+        f"{_wandb_url()}/graphql",
+        data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode(),
+        },
+    )
+
+    def ask():
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read(1 << 20) or b"{}")
+
+    status, result = _bounded(ask, timeout)
+    if status == "timeout" or (status == "error" and isinstance(getattr(result, "reason", result), TimeoutError)):
+        return f"the W&B server {host}:{port} accepted a connection but did not answer within {timeout:g} s"
+    if status == "error":
+        if isinstance(result, urllib.error.HTTPError) and result.code in (401, 403):
+            return (
+                f"the W&B server {host}:{port} rejected the API key (HTTP {result.code}); check WANDB_API_KEY or "
+                "run `wandb login --relogin`"
+            )
+        if isinstance(result, urllib.error.HTTPError):
+            return f"the W&B server {host}:{port} answered HTTP {result.code}"
+        return f"the W&B server {host}:{port} did not answer properly ({type(result).__name__}: {str(result)[:120]})"
+    viewer = (result.get("data") or {}).get("viewer") if isinstance(result, dict) else None
+    if not viewer:
+        return f"the W&B server {host}:{port} does not know the API key; check WANDB_API_KEY or run `wandb login`"
+    return None
+
+
+def wandb_timeout() -> float:
+    """Seconds the W&B start-up check may take: LITSFT_WANDB_TIMEOUT, default 10."""
+    try:
+        return max(0.1, float(os.environ.get("LITSFT_WANDB_TIMEOUT", "10")))
+    except ValueError:
+        return 10.0
+
+
+def offline_reason(timeout: float | None = None) -> str | None:
+    """Why W&B cannot log online from here (no login, no network, a silent server, a rejected key), or None.
+
+    Bounded: at most `timeout` seconds for the connection, and as much again for the server's answer.
+    """
+    timeout = wandb_timeout() if timeout is None else timeout
+    host, port = _wandb_host()
+    key = _api_key(host)
+    if key is None:
         return "no W&B login (no WANDB_API_KEY and no `wandb login` entry in ~/.netrc)"
+    rank_zero_info(f"W&B: checking the login with {host}:{port} (at most {2 * timeout:g} s; LITSFT_WANDB_TIMEOUT)")
     if not _reachable(host, port, timeout):
         return f"the W&B server {host}:{port} cannot be reached (no network?)"
-    return None
+    return _key_verdict(key, timeout) if key else None
 
 
 # -- the CLI's config, before the loggers are built ----------------------------------------------------------------
@@ -168,8 +242,7 @@ class LoggedConfigCallback(SaveConfigCallback):
         if trainer.is_global_zero:
             if self.save_to_log_dir and log_dir is not None:
                 path = Path(log_dir) / self.config_filename
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(yaml.safe_dump(config, sort_keys=False))
+                write_text(path, yaml.safe_dump(config, sort_keys=False))  # atomic: never half a config.yaml
             for logger in trainer.loggers:
                 logger.log_hyperparams(config)
         self.already_saved = True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from litsft.atomic_files import disk_full_error, free_bytes, is_disk_full, replace_folder, temporary_folder_beside
 from litsft.errors import LitSFTError
 from litsft.lora import ExportMode
 from litsft.sharding import full_state_dict
@@ -85,25 +87,41 @@ def export_model(
     the tokenizer carries the chat template trained with, and `litsft_chat.json` says how turns end).
 
     `state_dict`: the full (gathered) weights when the model is sharded; None saves the model's own. `lora`: how a
-    LoRA model is saved (`litsft.lora.save_lora`).
+    LoRA model is saved (`litsft.lora.save_lora`). Written into a temporary folder beside `folder`, then swapped in
+    whole: a crash or a full disk during the export leaves the previous export as it was.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
     model = pl_module.model
     tokenizer = datamodule.tokenizer
+    weights = state_dict if state_dict is not None else model.state_dict()
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in weights.values() if hasattr(t, "data_ptr")}
+    needed = sum(tensors.values())  # tied weights (GPT-2's embedding and head) are stored once
+    free = free_bytes(folder.parent) if folder.parent.exists() else None
+    if free is not None and free < needed:
+        raise disk_full_error(folder.parent, f"the export '{folder.name}'", needed)
     # Generation stops at the EOS the model learned (chat: the end-of-turn token, or EOS), and pads with the
     # tokenizer's pad id.
     stops = list(getattr(datamodule, "stop_token_ids", None) or [tokenizer.eos_token_id])
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if getattr(pl_module, "lora", None) is not None:
-        from litsft.lora import save_lora
-
-        save_lora(model, folder, state_dict, lora)
-    else:
-        model.save_pretrained(str(folder), state_dict=state_dict)
     chat = getattr(datamodule, "chat", None)
     if chat is not None:  # the exact template trained with: apply_chat_template and pipelines render the same
         tokenizer.chat_template = chat.format.template
-    tokenizer.save_pretrained(str(folder))
-    (chat.format if chat is not None else datamodule.template).save(folder)
+    tmp = temporary_folder_beside(folder)
+    try:
+        if getattr(pl_module, "lora", None) is not None:
+            from litsft.lora import save_lora
+
+            save_lora(model, tmp, state_dict, lora)
+        else:
+            model.save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+        (chat.format if chat is not None else datamodule.template).save(tmp)
+        replace_folder(tmp, folder)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a full disk as its own error type, with the OS message inside
+        if is_disk_full(err) or "No space left on device" in str(err):
+            raise disk_full_error(folder.parent, f"the export '{folder.name}'", needed) from err
+        raise
     return folder

@@ -69,6 +69,7 @@ class InterruptCallback(Callback):
         self._step_at_batch_start = 0
         self._at_step_end = False
         self._validated_this_batch = False
+        self._stopping = False  # the ranks agreed to stop after this optimizer step
         self._announced = False
 
     # -- signal handling --------------------------------------------------------------------------------------
@@ -116,9 +117,11 @@ class InterruptCallback(Callback):
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested:
             self.requested = self.requested or signal.SIGTERM  # a rank that got no signal itself stops (and saves) too
-            # Lightning's SIGTERM flag: the training loop raises SIGTERMException at the end of this batch, after
-            # its metrics are logged and any validation due here has run. The flag is private; Lightning's own
-            # handler sets it the same way.
+            self._stopping = True
+            # Lightning's SIGTERM flag: the training loop raises SIGTERMException at the end of this batch (or of
+            # the epoch, at its last batch), after its metrics are logged and any validation due here has run
+            # (`on_validation_start` lowers the flag while it runs). The flag is private; Lightning's own handler
+            # sets it the same way.
             trainer._signal_connector.received_sigterm = True
 
     # -- hooks ------------------------------------------------------------------------------------------------
@@ -140,10 +143,19 @@ class InterruptCallback(Callback):
         if self._at_step_end:
             self._stop_if_requested(trainer)
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._stopping and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            # Stopping after this step, and a validation is due first: Lightning's evaluation loop would abort it
+            # after one batch (it checks the flag at every batch end), so no val/loss would be logged for this
+            # step, and a resumed run would never run it. Let it finish; `on_validation_end` raises the flag again.
+            trainer._signal_connector.received_sigterm = False
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._validated_this_batch = True
-            if self._at_step_end:
+            if self._stopping:
+                trainer._signal_connector.received_sigterm = True
+            elif self._at_step_end:
                 self._stop_if_requested(trainer)  # a signal during validation: stop right after it
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -157,8 +169,10 @@ class InterruptCallback(Callback):
         # Lightning restores a run stopped right after a validation by replaying the end of that batch, which
         # counts the logging step once more (checkpoints that ModelCheckpoint writes at validation end are taken
         # before the count, ours after it): store one less, or every later step is logged one step late.
+        # At an epoch's end (the stop waits for the epoch-end hooks there) nothing is replayed.
         loop = trainer.fit_loop.epoch_loop
-        replayed = int(self._validated_this_batch)
+        epoch_progress = trainer.fit_loop.epoch_progress.current
+        replayed = int(self._validated_this_batch and epoch_progress.completed < epoch_progress.started)
         loop._batches_that_stepped -= replayed
         try:
             trainer.save_checkpoint(path)
@@ -184,10 +198,27 @@ class InterruptCallback(Callback):
     # -- checkpoint state -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"rng": rng_state()}
+        # Every rank draws its own dropout masks (its batches have other shapes), so every rank's generators are
+        # stored: Lightning writes rank 0's callback state only, and rank 0's state restored on rank 1 would make
+        # every later step differ under DDP. Checkpoints are dumped on all ranks together, so a gather is safe.
+        state = rng_state()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+            return {"rng": states[0], "rng_per_rank": states}
+        return {"rng": state}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._rng_to_restore = state_dict.get("rng")
+        per_rank = state_dict.get("rng_per_rank")
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if per_rank is not None and rank < len(per_rank):
+            self._rng_to_restore = per_rank[rank]
+        else:
+            self._rng_to_restore = state_dict.get("rng")
 
 
 def report_stop(stop: BaseException, args: list[str] | None) -> int:

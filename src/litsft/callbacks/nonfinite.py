@@ -37,13 +37,22 @@ class NonFiniteLossError(LitSFTError):
 class NonFiniteLossCallback(Callback):
     """Drops any update whose loss or gradients are not finite; stops the run, or skips and counts."""
 
-    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10, check_gradients: bool = True):
+    def __init__(
+        self,
+        action: Literal["stop", "skip"] = "stop",
+        max_skips: int = 10,
+        check_gradients: bool = True,
+        keep_last_finite: bool = True,
+    ):
         """
         Args:
-            action: 'stop': save a checkpoint from before the bad update and stop with a message naming the step
-                and its batches. 'skip': leave the weights as they were, count the step (train/skipped_steps), go on.
+            action: 'stop': save the last state whose loss was finite and stop with a message naming the step and
+                its batches. 'skip': leave the weights as they were, count the step (train/skipped_steps), go on.
             max_skips: With action 'skip', stop anyway once more steps than this were skipped.
             check_gradients: Also require a finite gradient norm (an overflow in backward the loss does not show).
+            keep_last_finite: With action 'stop', keep a copy of the weights and optimizer state from before each
+                update (one more copy of them in device memory), so the saved state is the last one whose loss was
+                finite: the weights before the bad step already gave the non-finite loss. False saves those.
         """
         if action not in ("stop", "skip"):
             raise LitSFTError(f"--nonfinite.action must be 'stop' or 'skip', got {action!r}.")
@@ -52,7 +61,9 @@ class NonFiniteLossCallback(Callback):
         self.action = action
         self.max_skips = max_skips
         self.check_gradients = check_gradients
+        self.keep_last_finite = keep_last_finite
         self.skipped = 0
+        self._snapshot: LastFiniteState | None = None
         self._batches: list[int] = []  # micro-batch indices (in the epoch) of the step in progress
         self._step_at_batch_start = 0
         self._bad: dict | None = None  # the current step's failure, between the check and the step's end
@@ -76,6 +87,9 @@ class NonFiniteLossCallback(Callback):
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a sharded DTensor
             finite = finite & torch.isfinite(norm)
         if bool(finite):  # the one host sync per optimizer step
+            if self.action == "stop" and self.keep_last_finite and LastFiniteState.supported(trainer, optimizer):
+                # the state that just gave a finite loss, before this step's update changes it
+                self._snapshot = LastFiniteState.take(pl_module, optimizer, self._snapshot, trainer.global_step, loss)
             return
         optimizer.zero_grad(set_to_none=True)  # no gradient, no update: weights and AdamW moments stay as they were
         self.skipped += 1
@@ -85,7 +99,14 @@ class NonFiniteLossCallback(Callback):
             "grad_norm": float(norm) if norm is not None else None,
             "epoch": trainer.current_epoch,
             "batches": list(self._batches),
+            "kept": None,
         }
+        if self.action == "stop" and self._snapshot is not None and not math.isfinite(self._bad["loss"]):
+            # The weights this step started from already gave the non-finite loss: go back to the last state whose
+            # loss was finite (the previous step's update is undone too). With a finite loss and an overflowing
+            # gradient, the weights this step started from are that state: they are kept.
+            self._snapshot.restore(pl_module, optimizer)
+            self._bad["kept"] = (self._snapshot.updates, self._snapshot.loss)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self._step_at_batch_start:
@@ -109,13 +130,26 @@ class NonFiniteLossCallback(Callback):
             if self.action == "skip"
             else "stopped (--nonfinite.action stop)"
         )
+        if bad["kept"] is not None:
+            updates, finite_loss = bad["kept"]
+            loss_text = f" was {finite_loss:.4f}" if finite_loss is not None else " was finite"
+            saved = (
+                f"The update was not applied, and the one before it was undone: the weights it started from already "
+                f"gave this loss. Saved the last state whose loss was finite, the weights after step {updates} "
+                f"(their loss at step {updates + 1}{loss_text}), with its optimizer state, in {path.resolve()}.\n"
+            )
+        else:
+            saved = (
+                "The update was not applied: the weights are finite, saved with the optimizer state from before it "
+                f"in {path.resolve()}.\n"
+            )
         raise NonFiniteLossError(
-            f"{where}; {reason}. The update was not applied: the weights are finite, saved with the optimizer "
-            f"state from before it in {path.resolve()}.\n"
+            f"{where}; {reason}. {saved}"
             "Usual causes: a learning rate too high (--model.learning_rate), fp16 overflow (use "
             "--trainer.precision bf16-mixed or 32-true), or broken rows (look at those above with "
-            "`python -m litsft.preview`). To go on from the checkpoint (the bad step is not repeated), add "
-            f"--ckpt_path {path.resolve()}; to skip such steps, add --nonfinite.action skip."
+            "`python -m litsft.preview`). To go on from the checkpoint (its batches are not repeated; a lower "
+            f"--model.learning_rate given with it takes effect), add --ckpt_path {path.resolve()}; to skip such "
+            "steps, add --nonfinite.action skip."
         )
 
     def _describe(self, trainer: Trainer, bad: dict) -> str:
@@ -138,3 +172,71 @@ class NonFiniteLossCallback(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+
+
+class LastFiniteState:
+    """A copy of the weights and optimizer state, taken before an update whose loss was finite.
+
+    Buffers are allocated once and copied into at every step (`torch._foreach_copy_`: one fused copy on a GPU).
+    """
+
+    def __init__(self, params: list, param_copy: list, optim_state: dict, updates: int, loss: float | None):
+        self.params, self.param_copy, self.optim_state, self.updates = params, param_copy, optim_state, updates
+        self._loss = loss
+
+    @property
+    def loss(self) -> float | None:
+        return None if self._loss is None else float(self._loss)
+
+    @staticmethod
+    def supported(trainer: Trainer, optimizer) -> bool:
+        # DeepSpeed partitions parameters and keeps its own optimizer state: not copied here.
+        deepspeed = "deepspeed" in type(trainer.strategy).__name__.lower()
+        return isinstance(optimizer, torch.optim.Optimizer) and not deepspeed
+
+    @classmethod
+    def take(cls, pl_module: LightningModule, optimizer, previous: LastFiniteState | None, updates: int, loss):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = {i: optimizer.state[p] for i, p in enumerate(params) if p in optimizer.state}
+        loss = None if loss is None else loss.detach().clone()  # read (host sync) only if it is ever reported
+        with torch.no_grad():
+            same_shape = (
+                previous is not None
+                and len(previous.params) == len(params)
+                and all(set(previous.optim_state.get(i, {})) == set(s) for i, s in state.items())
+                and set(previous.optim_state) == set(state)
+            )
+            if not same_shape:  # first step, or AdamW just created its moments
+                copy = [_local(p).clone() for p in params]
+                optim_state = {i: {k: _clone(v) for k, v in s.items()} for i, s in state.items()}
+                return cls(params, copy, optim_state, updates, loss)
+            torch._foreach_copy_(previous.param_copy, [_local(p) for p in params])
+            for i, s in state.items():
+                for key, value in s.items():
+                    saved = previous.optim_state[i][key]
+                    if isinstance(value, torch.Tensor):
+                        saved.copy_(value)
+                    else:
+                        previous.optim_state[i][key] = value
+        previous.params, previous.updates, previous._loss = params, updates, loss
+        return previous
+
+    def restore(self, pl_module: LightningModule, optimizer) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_([_local(p) for p in self.params], self.param_copy)
+            for i, p in enumerate(self.params):
+                if i in self.optim_state:
+                    optimizer.state[p] = {k: _clone(v) for k, v in self.optim_state[i].items()}
+                else:
+                    optimizer.state.pop(p, None)
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """The tensor holding this rank's values: the local shard of an FSDP2 DTensor (a view, so copying into it
+    writes the parameter), else the parameter itself."""
+    param = param.detach()
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
+def _clone(value):
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value

@@ -116,6 +116,10 @@ class SampleGenerationCallback(Callback):
             raise LitSFTError(f"--samples.cpu_threads must be a positive integer or null, got {cpu_threads}.")
         if not max_time > 0:
             raise LitSFTError(f"--samples.max_time must be a positive number of seconds, got {max_time}.")
+        if not 0 <= seed < 2**32:
+            raise LitSFTError(f"--samples.seed must be an integer in [0, 2^32), got {seed}.")
+        if num_val_prompts < 0:
+            raise LitSFTError(f"--samples.num_val_prompts must be >= 0, got {num_val_prompts}.")
         self.enabled = enabled
         self.user_prompts = read_prompts(prompts_file, "--samples.prompts_file") if prompts_file else None
         self.num_val_prompts = num_val_prompts

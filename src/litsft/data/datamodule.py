@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from litsft.console import no_datasets_progress
@@ -114,6 +114,10 @@ class AlpacaDataModule(LightningDataModule):
             raise LitSFTError(f"--data.num_workers must be >= 0, got {num_workers}.")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise LitSFTError(f"--data.pad_to_multiple_of must be >= 1 (or null), got {pad_to_multiple_of}.")
+        if not 0 <= seed < 2**32:  # numpy's seeds; a negative one is an error deep inside the split
+            raise LitSFTError(f"--data.seed must be an integer in [0, 2^32), got {seed}.")
+        if tokenize_num_proc is not None and tokenize_num_proc < 1:
+            raise LitSFTError(f"--data.tokenize_num_proc must be >= 1 (or null: one process), got {tokenize_num_proc}.")
         self.dataset = dataset
         self.source_kind = source_kind(dataset)  # fails now for a missing local file
         self.tokenizer_name_or_path = tokenizer_name_or_path
@@ -141,6 +145,7 @@ class AlpacaDataModule(LightningDataModule):
         self._is_chat: bool | None = None
         self._source = None
         self._tokenizer = None
+        self._checked_cache: Path | None = None  # the cache entry this process has checked (or written)
         self.counts: RowCounts | None = None
         self.train_rows = self.val_rows = None
         self._train_batches: ResumableBatchSampler | None = None
@@ -221,7 +226,7 @@ class AlpacaDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         cache, rows = self._cache()
-        if cache.exists():
+        if self._usable_cache(cache):
             return
         if rows is None:
             rows, _ = self._load_source()
@@ -238,12 +243,27 @@ class AlpacaDataModule(LightningDataModule):
             )
         with no_datasets_progress():  # the Tokenizing bar above showed the long part
             cache.save(processed, counts)
+        self._checked_cache = cache.path
+
+    def _usable_cache(self, cache: TokenizedCache) -> bool:
+        """Is the entry there and whole (sizes and checksums of its manifest)? A damaged one is removed, with a
+        warning, to be built again."""
+        if self._checked_cache == cache.path:
+            return True
+        problem = cache.problem()
+        if problem is None:
+            self._checked_cache = cache.path
+            return True
+        if problem != "missing":
+            rank_zero_warn(f"litsft: the tokenized-data cache entry {cache.path} is damaged ({problem}); rebuilding it")
+            cache.discard()
+        return False
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
         cache, _ = self._cache()
-        if not cache.exists():  # setup without prepare_data (e.g. a bare script): prepare here
+        if not self._usable_cache(cache):  # setup without prepare_data (a bare script), or damaged since: prepare
             self.prepare_data()
         processed, self.counts = cache.load()
         self._report_global_batch(processed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -27,9 +28,16 @@ def source_kind(dataset: str) -> str:
             raise LitSFTError(
                 f"--data.dataset: '{dataset}' has extension '{path.suffix}'; use .json, .jsonl, .parquet or .csv."
             )
+        if not os.access(path, os.R_OK):
+            raise LitSFTError(f"--data.dataset: '{dataset}' cannot be read (permission denied). Check its permissions.")
         return "file"
     if path.is_dir():
         return "folder"
+    if path.exists():  # a FIFO, socket or device: not a file that can be hashed, then read
+        raise LitSFTError(
+            f"--data.dataset: '{dataset}' is not a regular file (a named pipe or device). litsft reads the data "
+            "twice (its hash keys the tokenized cache, then its rows): save it to a file first."
+        )
     if looks_like_path(dataset):
         raise LitSFTError(
             f"--data.dataset: file '{dataset}' does not exist. Check the path (relative to {Path.cwd()})."
@@ -40,16 +48,19 @@ def source_kind(dataset: str) -> str:
 def file_fingerprint(path: str | Path) -> str:
     """Content hash of a local file: the cache is keyed by what the file holds, not by its name or mtime."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise LitSFTError(f"--data.dataset: '{path}' cannot be read ({err.strerror}). Check the file.") from err
     return digest.hexdigest()
 
 
 def _read_json_records(path: Path) -> list[dict]:
     """A JSON list of objects (Alpaca's own format) or JSON Lines; errors name the line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 BOM (Windows editors write one) is not data
     except UnicodeDecodeError as err:
         raise LitSFTError(f"{path}: not UTF-8 text (byte {err.start}). Re-save the file as UTF-8.") from err
     if not text.strip():
@@ -92,7 +103,7 @@ def _refuse_wrapped_rows(path: Path, text: str) -> None:
 def _read_csv_records(path: Path) -> list[dict]:
     """Every cell as text; an empty cell is "" (pandas would make it NaN, and numbers ints)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # no BOM glued to the first column's name
             records = list(csv.DictReader(f))
     except UnicodeDecodeError as err:
         raise LitSFTError(f"{path}: not UTF-8 text (byte {err.start}). Re-save the file as UTF-8.") from err
