@@ -225,6 +225,7 @@ def test_a_full_disk_is_one_message_and_the_earlier_checkpoints_stay_whole(tmp_p
         "--trainer.enable_progress_bar", "false", *LEAN_ARGS, "--trainer.max_steps", "6",
         "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(run / "ckpt"),
         "--trainer.callbacks.every_n_train_steps", "2", "--trainer.callbacks.save_top_k", "-1",
+        "--trainer.limit_val_batches", "0",  # only this callback saves (no val/loss checkpoints filling the disk)
     ]  # fmt: skip
     env = {**os.environ, "RUN": str(run), "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO / "src")}  # fmt: skip
