@@ -431,6 +431,34 @@ def test_resume_continues_the_uninterrupted_curve(in_repo, tmp_path, alpaca_file
     assert got == {s: ref[s] for s in got}  # exactly
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model.lora.r", "8"], r"--model.lora.r 4 -> 8 \(the trained adapters\)"),
+        (["--model.lora.r", "0"], r"--model.lora.r 4 -> 0 \(the trained adapters\)"),
+        (["--model.lora.r", "4", "--model.lora.target_modules", "[c_attn]"], r"--model.lora.target_modules null -> "),
+    ],
+    ids=["rank", "off", "targets"],
+)
+def test_changed_adapter_settings_on_resume_are_refused(in_repo, tmp_path, alpaca_file, capsys, flags, message):
+    """An adapter checkpoint cannot be loaded into adapters of another shape, or into a model without them: the
+    resume is refused with the flag named, not a load_state_dict traceback. The adapters' dropout may change."""
+    import re
+
+    args = ["fit", *tiny_model_args(tmp_path, alpaca_file), *LEAN_ARGS, "--model.lora.r", "4"]
+    cli_one_thread([*args, "--trainer.max_steps", "2"])
+    last = next(tmp_path.rglob("last.ckpt"))
+    with pytest.raises(SystemExit) as exit_:
+        cli_one_thread([*args, *flags, "--trainer.max_steps", "3", "--ckpt_path", str(last)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    text = err[err.index("litsft: error:") :]
+    assert re.search(message, text) and "Traceback" not in text, text
+    cli_one_thread([*args, "--model.lora.dropout", "0.1", "--trainer.max_steps", "3", "--ckpt_path", str(last)])
+    newest = max(tmp_path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(newest, weights_only=True)["global_step"] == 3
+
+
 def test_nan_guard_keeps_the_adapters_finite(in_repo, tmp_path, alpaca_file, capsys, monkeypatch):
     import litsft.module
 

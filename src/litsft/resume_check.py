@@ -34,6 +34,9 @@ REFUSED = {
     "model.tokenizer_name_or_path": "the tokenizer",
     "model.random_init": "the model",
     "model.config_overrides": "the model's shape",
+    "model.lora.r": "the trained adapters",
+    "model.lora.alpha": "the trained adapters",
+    "model.lora.target_modules": "the trained adapters",
     "data.dataset": "the data",
     "data.split": "the data",
     "data.prompt_template": "the data's processing",
@@ -55,6 +58,7 @@ OPTIMIZER = {"model.learning_rate", "model.betas", "model.weight_decay", "model.
 SCHEDULE_LENGTH = {"trainer.max_steps", "trainer.max_epochs"}
 # Names that hold no setting of the run (where it writes, what it prints).
 IGNORED = {"data.cache_dir", "data.predict_file"}
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 TRAINER_KEYS = ("accumulate_grad_batches", "max_steps", "max_epochs", "gradient_clip_val", "precision")
 
 
@@ -73,6 +77,10 @@ def _plain(value):
 def run_settings(config, trainer: Trainer) -> dict:
     """The settings a checkpoint must agree with to resume, flattened to flag names, from the CLI's config."""
     settings = {f"model.{k}": v for k, v in config.model.as_dict().items()}
+    # LoRA as one flag per setting, off = r 0: the adapters' shape is refused when changed, their dropout is not.
+    lora = settings.pop("model.lora", None) or {}
+    lora = lora if lora.get("r") else {}
+    settings |= {f"model.lora.{k}": lora.get(k, 0 if k == "r" else None) for k in LORA_KEYS}
     settings |= {f"data.{k}": v for k, v in config.data.as_dict().items()}
     settings |= {f"trainer.{k}": config.trainer.get(k) for k in TRAINER_KEYS}
     settings["trainer.world_size"] = trainer.world_size
