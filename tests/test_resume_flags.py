@@ -90,6 +90,9 @@ REFUSED = [
     pytest.param(["--seed_everything", "7"], r"--seed_everything 42 -> 7", id="seed"),
     pytest.param(["--data.prompt_template", "plain"], r"--data.prompt_template alpaca -> plain", id="template"),
     pytest.param(["--data.val_size", "6"], r"--data.val_size 8 -> 6 \(the training rows\)", id="val-size"),
+    pytest.param(["--data.format", "messages", "--data.chat_template", "zephyr"],
+                 r"--data.format auto -> messages \(the data's processing\); --data.chat_template null -> zephyr",
+                 id="chat-format"),
     pytest.param(["OTHER-DATA"], r"--data.dataset .*the same path with other content", id="data-content"),
 ]  # fmt: skip
 
