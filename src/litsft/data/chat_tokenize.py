@@ -17,6 +17,7 @@ dropped and counted, as is a row without an assistant message or with a control 
 
 from __future__ import annotations
 
+from litsft.console import no_datasets_progress
 from litsft.data.chat import ChatFormat, ChatRowError, trained_part
 from litsft.data.tokenize import RowCounts
 from litsft.errors import LitSFTError
@@ -161,4 +162,5 @@ def process_conversations(
     )
     kept = tokenized.select(keep) if len(keep) < len(rows) else tokenized
     drop = ["truncated", "eos_lost", "status", "empty_output", "turns", "turns_cut"]
-    return kept.remove_columns(drop).flatten_indices(), counts
+    with no_datasets_progress():  # a copy in memory, instant after the Tokenizing bar
+        return kept.remove_columns(drop).flatten_indices(), counts
