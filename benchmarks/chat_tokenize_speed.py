@@ -50,9 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=10_000)
     args = parser.parse_args()
-    from litsft.data.chat import ChatFormat
-    from litsft.data.chat_tokenize import tokenize_conversations
-    from litsft.hf_loading import load_tokenizer
+    from litsft.data.chat_format import ChatFormat
+    from litsft.data.tokenize_chat import tokenize_conversations
+    from litsft.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(
         str(REAL_TOKENIZER) if REAL_TOKENIZER.is_dir() else str(REPO / "configs/smoke/tiny-gpt2")

@@ -30,7 +30,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 
 from litsft.callbacks.nonfinite import NonFiniteLossCallback  # noqa: E402
 from litsft.data.datamodule import AlpacaDataModule  # noqa: E402
-from litsft.module import SFTModule  # noqa: E402
+from litsft.model.module import SFTModule  # noqa: E402
 from litsft.smoke_assets import synthetic_rows  # noqa: E402
 
 SIZES = {"tiny": None, "6x768": {"n_layer": 6, "n_embd": 768, "n_head": 12}}

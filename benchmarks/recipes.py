@@ -53,7 +53,7 @@ def new_model(cfg: dict, device: str):
 def seed_recipe(cfg: dict, device: str) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from litsft.data.tokenize import labels_for
+    from litsft.data.tokenize_alpaca import labels_for
 
     dm = datamodule(cfg)
     rows = dm.train_rows[: cfg["seed_rows"] or len(dm.train_rows)]
@@ -94,8 +94,8 @@ def raw_loop(cfg: dict, device: str) -> dict:
     from litsft.data.collate import SFTCollator
     from litsft.data.datamodule import row_lengths
     from litsft.data.sampler import KeyedDataset, StepBatchSampler
-    from litsft.loss import masked_ce_sum
-    from litsft.optim import param_groups, warmup_cosine
+    from litsft.model.loss import masked_ce_sum
+    from litsft.model.optim import param_groups, warmup_cosine
 
     dm = datamodule(cfg)
     rows, accumulate = dm.train_rows, cfg["accumulate"]

@@ -40,7 +40,7 @@ def main() -> None:
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from litsft.callbacks.samples import SEED_PROMPTS
-    from litsft.generation import Deadline, generate_ids
+    from litsft.model.decoding import Deadline, generate_ids
     from litsft.prompts import ALPACA
 
     source = REAL_TOKENIZER if REAL_TOKENIZER.is_dir() else REPO / "configs" / "smoke" / "tiny-gpt2"

@@ -46,7 +46,7 @@ BURN_TORCH = (
 
 def busy_seconds() -> float | None:
     """CPU seconds all processes spent since boot (Linux /proc/stat; None elsewhere)."""
-    from litsft.threads import sample
+    from litsft.run.threads import sample
 
     return sample().busy
 
@@ -109,7 +109,7 @@ def run_once(variant: str, load: str, default_threads: int, workdir: Path, timeo
 
 
 def main() -> None:
-    from litsft.threads import cpu_budget, torch_default_threads
+    from litsft.run.threads import cpu_budget, torch_default_threads
 
     cores = cpu_budget()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -47,9 +47,9 @@ def main() -> None:
 
     from litsft.callbacks.samples import SEED_PROMPTS
     from litsft.data.datamodule import AlpacaDataModule
-    from litsft.eos_accuracy import capture_head_output, eos_hits
-    from litsft.generation import generate_ids
-    from litsft.loss import masked_ce_sum
+    from litsft.model.decoding import generate_ids
+    from litsft.model.eos_accuracy import capture_head_output, eos_hits
+    from litsft.model.loss import masked_ce_sum
     from litsft.prompts import ALPACA
 
     tokenizer_path, tokenizer_note = tokenizer_source(None)

@@ -11,12 +11,12 @@ import random
 
 import pytest
 
-from litsft.data.chat import ChatFormat
-from litsft.data.chat_tokenize import process_conversations, tokenize_conversations
+from litsft.data.chat_format import ChatFormat
+from litsft.data.conversations import MessageColumns, load_conversations
 from litsft.data.datamodule import AlpacaDataModule
-from litsft.data.messages import MessageColumns, load_conversations
+from litsft.data.tokenize_chat import process_conversations, tokenize_conversations
 from litsft.errors import LitSFTError
-from litsft.hf_loading import load_tokenizer
+from litsft.model.loading import load_tokenizer
 from tests.conftest import SMOKE_MODEL
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer
 
@@ -435,7 +435,7 @@ def test_chat_counts_reach_the_data_audit(tmp_path):
 
 
 def test_prompts_files_take_conversations(tmp_path):
-    from litsft.prompt_files import read_prompts
+    from litsft.data.prompts_to_answer import read_prompts
 
     path = write_jsonl(
         tmp_path / "p.jsonl",

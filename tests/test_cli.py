@@ -7,7 +7,7 @@ import yaml
 
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
-from litsft.module import SFTModule
+from litsft.model.module import SFTModule
 from tests.conftest import REPO, tiny_model_args
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from litsft.cli import cli_main
-from litsft.cli_help import first_sentence
+from litsft.run.cli_help import first_sentence
 
 
 def help_lines(capsys, subcommand: str = "fit") -> list[str]:

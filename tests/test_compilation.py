@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from litsft.compilation import transformer_blocks
 from litsft.data.collate import SFTCollator
+from litsft.model.compilation import transformer_blocks
 from tests.test_module import tiny_module
 
 ROWS = [{"input_ids": list(range(5, 5 + n)), "prompt_len": 3} for n in (20, 15, 11)]

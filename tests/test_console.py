@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from litsft import console
 from litsft.cli import cli_main
+from litsft.run import console
 from tests.conftest import REPO, csv_logger_args, tiny_model_args
 
 NOISE = [

@@ -17,10 +17,10 @@ import torch
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.generate import main as generate_main
-from litsft.generation import generate_ids
-from litsft.hf_loading import load_tokenizer
-from litsft.loss import masked_ce_sum
-from litsft.sharding import block_classes
+from litsft.model.decoding import generate_ids
+from litsft.model.loading import load_tokenizer
+from litsft.model.loss import masked_ce_sum
+from litsft.model.sharding import block_classes
 from tests.conftest import REPO, SMOKE_DATA, tiny_model_args
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer, write_model
 from tests.test_chat import awkward_conversations, write_jsonl

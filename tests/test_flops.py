@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaConfig
 
-from litsft.flops import ModelShape, compute_dtype, peak_flops, training_flops
+from litsft.model.flops import ModelShape, compute_dtype, peak_flops, training_flops
 
 TINY_GPT2 = GPT2Config(n_embd=64, n_head=2, n_layer=2, vocab_size=1024)
 

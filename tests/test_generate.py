@@ -1,10 +1,10 @@
-"""litsft.generation (left-padded batched generation) and `python -m litsft.generate`."""
+"""litsft.model.decoding (left-padded batched generation) and `python -m litsft.generate`."""
 
 import pytest
 import torch
 
 from litsft.generate import main
-from litsft.generation import Deadline, generate_ids
+from litsft.model.decoding import Deadline, generate_ids
 from litsft.prompts import ALPACA
 from tests.conftest import SMOKE_MODEL
 
@@ -14,7 +14,7 @@ def sharp_model():
     """A tiny random GPT-2 with large weights: well-separated logits, so greedy argmax has no near-ties."""
     from transformers import AutoModelForCausalLM
 
-    from litsft.hf_loading import load_config
+    from litsft.model.loading import load_config
 
     torch.manual_seed(0)
     config = load_config(str(SMOKE_MODEL), overrides={"initializer_range": 0.5})
@@ -95,7 +95,7 @@ def test_generate_compare_prints_base_and_fine_tuned_answers(smoke_wandb_run, tm
     # the fine-tuned answers are what the export generates on the template-rendered prompt, stopping at EOS
     from transformers import AutoModelForCausalLM
 
-    from litsft.hf_loading import load_tokenizer
+    from litsft.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(export))
     model = AutoModelForCausalLM.from_pretrained(str(export))

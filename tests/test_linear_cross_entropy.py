@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from litsft.linear_cross_entropy import CHUNK_BYTES, chunk_positions, linear_cross_entropy_sum
+from litsft.model.linear_cross_entropy import CHUNK_BYTES, chunk_positions, linear_cross_entropy_sum
 
 
 def reference(hidden, weight, bias, targets):

@@ -14,9 +14,9 @@ import torch
 from litsft.cli import cli_main
 from litsft.data.collate import SFTCollator
 from litsft.errors import LitSFTError
-from litsft.flops import ModelShape, training_flops
-from litsft.lora import LoraSettings, default_target_modules
-from litsft.module import SFTModule
+from litsft.model.flops import ModelShape, training_flops
+from litsft.model.lora import LoraSettings, default_target_modules
+from litsft.model.module import SFTModule
 from tests.conftest import (
     LEAN_ARGS,
     REPO,
@@ -138,7 +138,7 @@ ALL_LLAMA = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", 
     ],
 )
 def test_default_targets_are_the_block_projections_of_each_family(family, expected):
-    from litsft.lora import apply_lora
+    from litsft.model.lora import apply_lora
 
     model = small_model(family)
     assert default_target_modules(model) == expected
@@ -460,9 +460,9 @@ def test_changed_adapter_settings_on_resume_are_refused(in_repo, tmp_path, alpac
 
 
 def test_nan_guard_keeps_the_adapters_finite(in_repo, tmp_path, alpaca_file, capsys, monkeypatch):
-    import litsft.module
+    import litsft.model.module
 
-    real = litsft.module.masked_ce_sum
+    real = litsft.model.module.masked_ce_sum
     calls = []
 
     def nan_on_third(model, *args, **kwargs):
@@ -473,7 +473,7 @@ def test_nan_guard_keeps_the_adapters_finite(in_repo, tmp_path, alpaca_file, cap
                 loss_sum = loss_sum * math.nan
         return loss_sum, n
 
-    monkeypatch.setattr(litsft.module, "masked_ce_sum", nan_on_third)
+    monkeypatch.setattr(litsft.model.module, "masked_ce_sum", nan_on_third)
     with pytest.raises(SystemExit) as exit_:
         cli_main(["fit", *tiny_model_args(tmp_path, alpaca_file), *LEAN_ARGS, "--model.lora.r", "4",
                   "--trainer.max_steps", "6"])  # fmt: skip

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from litsft.data.datamodule import AlpacaDataModule
-from litsft.loss import masked_ce_sum
-from litsft.module import SFTModule
+from litsft.model.loss import masked_ce_sum
+from litsft.model.module import SFTModule
 from tests.conftest import SMOKE_MODEL
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -90,7 +90,7 @@ def test_accumulation_is_token_exact(alpaca_file, tmp_path):
 
 
 def test_optimizer_groups_and_schedule():
-    from litsft.optim import param_groups, warmup_cosine
+    from litsft.model.optim import param_groups, warmup_cosine
 
     module = tiny_module(weight_decay=0.1)
     decay, no_decay = param_groups(module.model, 0.1)
@@ -194,7 +194,7 @@ def test_dropout_flag_sets_every_dropout_probability(pretrained_model):
 def test_dropout_names_of_other_families(family, fields):
     import transformers
 
-    from litsft.hf_loading import set_dropout
+    from litsft.model.loading import set_dropout
 
     config = getattr(transformers, family)()
     assert set_dropout(config, 0.05) == fields
@@ -205,7 +205,7 @@ def test_dropout_flag_errors_name_the_flag(pretrained_model):
     from transformers import PretrainedConfig
 
     from litsft.errors import LitSFTError
-    from litsft.hf_loading import set_dropout
+    from litsft.model.loading import set_dropout
 
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(LitSFTError, match=r"--model.dropout must be in \[0, 1\)"):

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-import litsft.module
-from litsft.data.tokenize import tokenize_batch
+import litsft.model.module
+from litsft.data.tokenize_alpaca import tokenize_batch
 from litsft.prompts import get_template
 from tests.conftest import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args
 
@@ -18,7 +18,7 @@ class BadLoss:
     call first records the weights (the state after all earlier updates) and the batch."""
 
     def __init__(self, bad: set[int] | range, kind: str = "nan") -> None:
-        self.real = litsft.module.masked_ce_sum
+        self.real = litsft.model.module.masked_ce_sum
         self.bad, self.kind, self.calls = bad, kind, 0
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
         self.input_ids: dict[int, torch.Tensor] = {}
@@ -44,7 +44,7 @@ class BadLoss:
 def bad_loss(monkeypatch):
     def install(bad, kind="nan") -> BadLoss:
         wrapper = BadLoss(bad, kind)
-        monkeypatch.setattr(litsft.module, "masked_ce_sum", wrapper)
+        monkeypatch.setattr(litsft.model.module, "masked_ce_sum", wrapper)
         return wrapper
 
     return install

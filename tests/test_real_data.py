@@ -46,7 +46,7 @@ def test_preview_matches_an_independent_implementation(in_repo, tmp_path, real_r
 def test_real_rows_token_statistics(tmp_path, real_rows, gpt2_tokenizer):
     import datasets
 
-    from litsft.data.tokenize import process_rows
+    from litsft.data.tokenize_alpaca import process_rows
 
     rows = datasets.Dataset.from_list(real_rows)
     kept, counts = process_rows(rows, gpt2_tokenizer, ALPACA, max_seq_length=512)

@@ -17,7 +17,7 @@ from lightning.pytorch import Callback
 from litsft.data.packing import PackedBatchSampler
 from litsft.data.sampler import ResumableBatchSampler, StepBatchSampler
 from litsft.errors import LitSFTError
-from litsft.resume import resume_command
+from litsft.run.resume import resume_command
 from tests.conftest import LEAN_ARGS, REPO, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
 
 # 104 rows - 8 validation = 96 training rows = 24 micro-batches of 4 = 12 optimizer steps per epoch (accumulate

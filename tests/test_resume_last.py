@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from litsft.errors import LitSFTError
-from litsft.resume import checkpoint_folders, find_last_checkpoints, resolve_last_checkpoint
-from litsft.wandb_setup import run_id_from_checkpoint
+from litsft.run.resume import checkpoint_folders, find_last_checkpoints, resolve_last_checkpoint
+from litsft.run.wandb_setup import run_id_from_checkpoint
 from tests.conftest import REPO, SMOKE_MODEL
 
 WANDB_THEN_CSV = [

@@ -8,7 +8,7 @@ import pytest
 from litsft.callbacks.samples import SEED_PROMPTS, SampleGenerationCallback
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
-from litsft.module import SFTModule
+from litsft.model.module import SFTModule
 from tests.conftest import SMOKE_MODEL, tiny_model_args, write_rows
 
 

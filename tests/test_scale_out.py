@@ -11,7 +11,7 @@ import torch
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
-from litsft.module import SFTModule
+from litsft.model.module import SFTModule
 from tests.conftest import REPO, SMOKE_MODEL
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -104,7 +104,7 @@ def test_fsdp2_cli_end_to_end_exports_the_full_model(tmp_path):
 
 
 def test_fsdp_needs_blocks_it_can_find():
-    from litsft.sharding import block_classes
+    from litsft.model.sharding import block_classes
 
     model = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True)
     model.configure_model()

@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from litsft import threads
-from litsft.threads import CpuSample, CpuThreadsCallback, choose_threads, explicit_setting, others_busy
+from litsft.run import threads
+from litsft.run.threads import CpuSample, CpuThreadsCallback, choose_threads, explicit_setting, others_busy
 from tests.conftest import tiny_model_args
 
 

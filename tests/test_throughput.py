@@ -86,7 +86,7 @@ def test_no_mfu_without_a_known_peak(in_repo, tmp_path, alpaca_file, caplog):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("packing", ["false", "true"])
 def test_mfu_on_a_gpu_in_bf16(in_repo, tmp_path, alpaca_file, packing):
-    from litsft.flops import compute_dtype, peak_flops
+    from litsft.model.flops import compute_dtype, peak_flops
 
     args = tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "4", "--export.enabled", "false")
     args += ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed", "--data.packing", packing]

@@ -1,7 +1,7 @@
 import datasets
 import pytest
 
-from litsft.data.tokenize import IGNORE_INDEX, labels_for, process_rows, tokenize_batch
+from litsft.data.tokenize_alpaca import IGNORE_INDEX, labels_for, process_rows, tokenize_batch
 from litsft.prompts import ALPACA, PLAIN
 
 

@@ -6,7 +6,7 @@ from lightning.pytorch import Callback
 
 from litsft.callbacks.validation_schedule import ValidationSchedule, validation_steps
 from litsft.data.datamodule import AlpacaDataModule
-from litsft.module import SFTModule
+from litsft.model.module import SFTModule
 from tests.conftest import SMOKE_MODEL, tiny_model_args, write_rows
 
 

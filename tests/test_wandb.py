@@ -13,7 +13,7 @@ import yaml
 from jsonargparse import Namespace
 
 from litsft.cli import cli_main
-from litsft.wandb_setup import REDACTED, offline_reason, prepare_loggers, redact, run_id_from_checkpoint
+from litsft.run.wandb_setup import REDACTED, offline_reason, prepare_loggers, redact, run_id_from_checkpoint
 from tests.conftest import FAKE_WANDB_KEY, LEAN_ARGS, tiny_model_args
 
 

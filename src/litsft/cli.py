@@ -21,10 +21,13 @@ from litsft.callbacks.prediction_writer import PredictionWriter
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
 from litsft.callbacks.validation_schedule import ValidationSchedule
-from litsft.checkpoint_io import use_atomic_checkpoints
-from litsft.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
-from litsft.config_files import check_config_files
-from litsft.console import (
+from litsft.data.datamodule import AlpacaDataModule
+from litsft.errors import LitSFTError
+from litsft.model.module import SFTModule
+from litsft.run.checkpoint_io import use_atomic_checkpoints
+from litsft.run.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
+from litsft.run.config_files import check_config_files
+from litsft.run.console import (
     ModelLineCallback,
     quiet_libraries,
     quiet_logs,
@@ -32,14 +35,11 @@ from litsft.console import (
     quiet_warnings,
     run_summary,
 )
-from litsft.data.datamodule import AlpacaDataModule
-from litsft.errors import LitSFTError
-from litsft.module import SFTModule
-from litsft.preflight import check_run
-from litsft.resume import check_checkpoint, resolve_last_checkpoint
-from litsft.resume_check import RunSettingsCallback, check_resume, read_saved_settings, run_settings
-from litsft.threads import CpuThreadsCallback
-from litsft.wandb_setup import LoggedConfigCallback, WandbRunIdCallback, finish_run, prepare_loggers
+from litsft.run.preflight import check_run
+from litsft.run.resume import check_checkpoint, resolve_last_checkpoint
+from litsft.run.resume_check import RunSettingsCallback, check_resume, read_saved_settings, run_settings
+from litsft.run.threads import CpuThreadsCallback
+from litsft.run.wandb_setup import LoggedConfigCallback, WandbRunIdCallback, finish_run, prepare_loggers
 
 # configs/default.yaml in a source checkout (editable install); absent in a wheel, where the class defaults,
 # which equal it (tests/test_cli.py checks), apply.

@@ -24,9 +24,9 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from litsft.data.prompts_to_answer import SamplePrompt, read_prompts
 from litsft.errors import LitSFTError
 from litsft.hub import check_hub
-from litsft.prompt_files import SamplePrompt, read_prompts
 from litsft.prompts import TEMPLATE_FILE, PromptTemplate, get_template
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
@@ -53,7 +53,7 @@ def load_model(name: str, flag: str, dtype_name: str = "auto", seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from litsft.hf_loading import _explain, load_config
+    from litsft.model.loading import _explain, load_config
 
     dtype = _dtype(dtype_name)
     folder = Path(name).expanduser()
@@ -70,7 +70,7 @@ def load_model(name: str, flag: str, dtype_name: str = "auto", seed: int = 0):
 
 def load_tokenizer_for(name: str, fallback: str | None, flag: str):
     """The tokenizer saved with `name`; else the one of `fallback` (the fine-tuned model's), with a note."""
-    from litsft.hf_loading import load_tokenizer
+    from litsft.model.loading import load_tokenizer
 
     try:
         return load_tokenizer(name, flag=flag)
@@ -92,12 +92,12 @@ def choose_template(model: str, name: str | None) -> PromptTemplate:
 
 def chat_format(args):
     """The fine-tuned model's chat template (`--chat`, or saved with a model fine-tuned on chat data), or None."""
-    from litsft.data.chat import CHAT_FILE, ChatFormat
+    from litsft.data.chat_format import CHAT_FILE, ChatFormat
 
     trained_on_chat = (Path(args.model).expanduser() / CHAT_FILE).is_file()
     if not (args.chat or trained_on_chat or args.chat_template):
         return None
-    from litsft.hf_loading import load_tokenizer
+    from litsft.model.loading import load_tokenizer
 
     return ChatFormat(load_tokenizer(args.model, flag="--model"), args.chat_template, flag="--chat_template")
 
@@ -113,7 +113,7 @@ def stop_ids(tokenizer, chat) -> list[int]:
 
 
 def answer(model, tokenizer, texts: list[str], args, chat=None) -> list[Answer]:
-    from litsft.generation import generate_ids
+    from litsft.model.decoding import generate_ids
 
     # Chat text holds the template's special tokens as text: tokenized as they are, nothing added (as in training).
     kwargs = {"add_special_tokens": False} if chat is not None else {"add_special_tokens": True}

@@ -7,7 +7,7 @@ huggingface_hub reads HF_HUB_OFFLINE once, at import (its maintainers' advice fo
 that constant, and datasets keeps its own copy (`datasets.config.HF_HUB_OFFLINE`). So when the run needs the hub
 and HF_HUB_OFFLINE is not set, one TCP connection to the hub's endpoint (or the proxy that serves it) decides; if it
 fails, both libraries are switched to offline mode: what is cached loads at once, the rest fails at once, and the
-preflight check (`litsft.preflight`) reports every missing piece in one message.
+preflight check (`litsft.run.preflight`) reports every missing piece in one message.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from litsft.hf_loading import looks_like_path
+from litsft.model.loading import looks_like_path
 
 TRUE = {"1", "ON", "YES", "TRUE"}
 _detected: str | None = None  # why this process switched the hub libraries offline, if it did

@@ -2,7 +2,7 @@
 
 Lightning's own requires `save_dir`, so a YAML listing it must fix a path, and `--trainer.default_root_dir X`
 would then leave the metrics behind in that path. The CLI fills an absent `save_dir` with the run folder
-(`litsft.wandb_setup.prepare_loggers`); a `save_dir` you give, in a YAML or on the command line, is kept.
+(`litsft.run.wandb_setup.prepare_loggers`); a `save_dir` you give, in a YAML or on the command line, is kept.
 """
 
 from __future__ import annotations

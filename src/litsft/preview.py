@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from litsft.data.tokenize import IGNORE_INDEX, tokenize_batch
+from litsft.data.tokenize_alpaca import IGNORE_INDEX, tokenize_batch
 
 DIM, GREEN, REVERSE, RESET = "\033[2m", "\033[32m", "\033[7m", "\033[0m"
 
@@ -46,7 +46,7 @@ def render_spans(text: str, offsets: list[tuple[int, int]], spans: list[int], le
 def _encode_head(dm, rows: int):
     """The first `rows` source rows through the data rules: (tokenized, the text of each row, offsets or None)."""
     if dm.chat is not None:
-        from litsft.data.chat_tokenize import tokenize_conversations
+        from litsft.data.tokenize_chat import tokenize_conversations
 
         source, _ = dm.chat.load()
         head = source.select(range(min(rows, len(source))))["messages"]

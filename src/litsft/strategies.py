@@ -52,7 +52,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         adapters = getattr(module, "adapter_state_keys", None)
         if not adapters:
             return super().load_checkpoint(checkpoint_path, weights_only)
-        from litsft.lora import check_adapter_keys
+        from litsft.model.lora import check_adapter_keys
 
         path = Path(self.broadcast(checkpoint_path))
         if not path.is_dir():  # one file (save_distributed_checkpoint false): Lightning loads it non-strictly
@@ -87,7 +87,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         """A sharded checkpoint (a folder of shards) is written into a temporary folder beside its target, then
         swapped in whole: a crash during the save leaves the previous checkpoint as it was. One file: through
-        the strategy's CheckpointIO (atomic too, see litsft.checkpoint_io)."""
+        the strategy's CheckpointIO (atomic too, see litsft.run.checkpoint_io)."""
         if not self._save_distributed_checkpoint or storage_options is not None:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         target = Path(self.broadcast(filepath))

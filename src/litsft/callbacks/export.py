@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from litsft.atomic_files import disk_full_error, free_bytes, is_disk_full, replace_folder, temporary_folder_beside
 from litsft.errors import LitSFTError
-from litsft.lora import ExportMode
-from litsft.sharding import full_state_dict
+from litsft.model.lora import ExportMode
+from litsft.model.sharding import full_state_dict
 
 
 class ExportCallback(Callback):
@@ -87,8 +87,8 @@ def export_model(
     the tokenizer carries the chat template trained with, and `litsft_chat.json` says how turns end).
 
     `state_dict`: the full (gathered) weights when the model is sharded; None saves the model's own. `lora`: how a
-    LoRA model is saved (`litsft.lora.save_lora`). Written into a temporary folder beside `folder`, then swapped in
-    whole: a crash or a full disk during the export leaves the previous export as it was.
+    LoRA model is saved (`litsft.model.lora.save_lora`). Written into a temporary folder beside `folder`, then swapped
+    in whole: a crash or a full disk during the export leaves the previous export as it was.
     """
     folder = Path(folder)
     model = pl_module.model
@@ -110,7 +110,7 @@ def export_model(
     tmp = temporary_folder_beside(folder)
     try:
         if getattr(pl_module, "lora", None) is not None:
-            from litsft.lora import save_lora
+            from litsft.model.lora import save_lora
 
             save_lora(model, tmp, state_dict, lora)
         else:

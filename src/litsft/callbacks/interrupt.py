@@ -26,7 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from litsft.resume import resume_command, rng_state, set_rng_state, trained_position
+from litsft.run.resume import resume_command, rng_state, set_rng_state, trained_position
 
 EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}  # shell conventions
 

@@ -20,10 +20,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from litsft.data.prompts_to_answer import SamplePrompt, read_prompts
 from litsft.errors import LitSFTError
-from litsft.generation import Deadline, generate_ids
-from litsft.hf_loading import context_length
-from litsft.prompt_files import SamplePrompt, read_prompts
+from litsft.model.decoding import Deadline, generate_ids
+from litsft.model.loading import context_length
 from litsft.prompts import ALPACA
 
 # The seed tutorial's two prompts: always asked, so runs are comparable with each other and with the seed.

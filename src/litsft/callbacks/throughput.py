@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from litsft.data.tokenize import IGNORE_INDEX
-from litsft.flops import ModelShape, compute_dtype, peak_flops, training_flops
+from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.model.flops import ModelShape, compute_dtype, peak_flops, training_flops
 
 # Device counters, in this order: learned tokens, real (non-padding) tokens, causal attention pairs, LM-head
 # positions. Host-side (shape-only) counts need no device work: token slots and micro-batches.
@@ -44,7 +44,7 @@ def batch_counts(batch: dict, gather_head: bool) -> tuple[torch.Tensor, int]:
 class ThroughputCallback(Callback):
     """Logs `train/tokens_per_sec` (learned tokens), `train/tokens_per_sec_total` (all non-padding tokens),
     `train/padding_share` (padding / all token slots) and `train/mfu` (model FLOP/s / the devices' peak), summed
-    over ranks. MFU needs the device's peak FLOP/s: from `litsft.flops.PEAK_FLOPS` or `peak_flops`; for an
+    over ranks. MFU needs the device's peak FLOP/s: from `litsft.model.flops.PEAK_FLOPS` or `peak_flops`; for an
     unknown device (a CPU, say) it is not logged, and a note says so once.
 
     After `fit`, `summary` holds the totals of the whole run (tokens, seconds, FLOPs) with validation time

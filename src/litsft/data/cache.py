@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 
 from litsft.atomic_files import disk_full_error, fsync_tree, is_disk_full
-from litsft.data.tokenize import RowCounts
+from litsft.data.tokenize_alpaca import RowCounts
 from litsft.errors import LitSFTError
 
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}

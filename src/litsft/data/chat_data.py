@@ -7,10 +7,10 @@ never go through here.
 
 from __future__ import annotations
 
-from litsft.data.chat import ChatFormat, prompt_part, trained_part
-from litsft.data.chat_tokenize import process_conversations
-from litsft.data.messages import MessageColumns, load_conversations
-from litsft.prompt_files import SamplePrompt
+from litsft.data.chat_format import ChatFormat, prompt_part, trained_part
+from litsft.data.conversations import MessageColumns, load_conversations
+from litsft.data.prompts_to_answer import SamplePrompt
+from litsft.data.tokenize_chat import process_conversations
 
 
 class ChatData:

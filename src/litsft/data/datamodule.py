@@ -11,20 +11,20 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from litsft.console import no_datasets_progress
 from litsft.data.cache import TokenizedCache, default_cache_dir, tokenizer_fingerprint
 from litsft.data.chat_data import ChatData
 from litsft.data.collate import SFTCollator
-from litsft.data.messages import MessageColumns, detect_format
+from litsft.data.conversations import MessageColumns, detect_format
 from litsft.data.packing import PackedBatchSampler, PackedCollator
+from litsft.data.prompts_to_answer import SamplePrompt
 from litsft.data.sampler import KeyedDataset, ResumableBatchSampler, StepBatchSampler
 from litsft.data.sources import file_fingerprint, load_rows, source_kind
-from litsft.data.tokenize import RowCounts, process_rows
+from litsft.data.tokenize_alpaca import RowCounts, process_rows
 from litsft.errors import LitSFTError
-from litsft.hf_loading import load_tokenizer
-from litsft.prompt_files import SamplePrompt
+from litsft.model.loading import load_tokenizer
 from litsft.prompts import PromptTemplate, get_template
-from litsft.resume import trained_position
+from litsft.run.console import no_datasets_progress
+from litsft.run.resume import trained_position
 
 
 class AlpacaDataModule(LightningDataModule):
@@ -394,7 +394,7 @@ class AlpacaDataModule(LightningDataModule):
         """Prompts of the validation rows, in order (their responses are what `predict` generates), or of
         `predict_file`: rows whose every token is prompt (prompt_len = length), which `predict_step` answers."""
         if self.predict_file is not None:
-            from litsft.prompt_files import read_prompts
+            from litsft.data.prompts_to_answer import read_prompts
 
             rows = []
             for prompt in read_prompts(self.predict_file, "--data.predict_file"):

@@ -26,9 +26,9 @@ import torch
 
 from litsft.data.collate import label_ranges
 from litsft.data.sampler import RowKey, StepBatchSampler
-from litsft.data.tokenize import IGNORE_INDEX
+from litsft.data.tokenize_alpaca import IGNORE_INDEX
 from litsft.errors import LitSFTError
-from litsft.loss import learned_positions
+from litsft.model.loss import learned_positions
 
 # Attention implementations that take our [B, 1, T, T] mask as is (GPT-2 supports no flex attention).
 MASK_FORMATS = ("sdpa", "eager")

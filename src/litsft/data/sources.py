@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 
 from litsft.errors import LitSFTError
-from litsft.hf_loading import looks_like_path
+from litsft.model.loading import looks_like_path
 
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -144,7 +144,7 @@ def _load_raw(dataset: str, kind: str, split: str) -> datasets.Dataset | list[di
 
 def read_raw(dataset: str, split: str = "train") -> tuple[datasets.Dataset | list[dict], str]:
     """The rows as stored, unchecked (a list of JSON/CSV records, or a `datasets.Dataset`), and their content
-    fingerprint: for readers of other row formats (`litsft.data.messages`)."""
+    fingerprint: for readers of other row formats (`litsft.data.conversations`)."""
     kind = source_kind(dataset)
     raw = _load_raw(dataset, kind, split)
     return raw, file_fingerprint(Path(dataset).expanduser()) if kind == "file" else raw._fingerprint

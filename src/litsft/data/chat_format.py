@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from litsft.chat_templates import CHAT_TEMPLATES, resolve_chat_template
+from litsft.data.chat_templates import CHAT_TEMPLATES, resolve_chat_template
 from litsft.errors import LitSFTError
 
 CHAT_FILE = "litsft_chat.json"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from litsft.console import no_datasets_progress
 from litsft.prompts import PromptTemplate
+from litsft.run.console import no_datasets_progress
 
 IGNORE_INDEX = -100
 
@@ -35,7 +35,7 @@ class RowCounts:
     empty_output: int = 0
     """Rows whose response is empty: they teach only the EOS (chat: rows with an empty assistant message)."""
     format: str = "alpaca"
-    """'alpaca' (instruction rows) or 'messages' (conversations, `litsft.data.chat_tokenize`)."""
+    """'alpaca' (instruction rows) or 'messages' (conversations, `litsft.data.tokenize_chat`)."""
     no_assistant: int = 0
     """Conversations without an assistant message (dropped: nothing to learn)."""
     control_tokens: int = 0

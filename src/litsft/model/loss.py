@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from litsft.data.tokenize import IGNORE_INDEX
-from litsft.linear_cross_entropy import linear_cross_entropy_sum
+from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.model.linear_cross_entropy import linear_cross_entropy_sum
 
 
 def head_can_be_gathered(model) -> bool:
@@ -51,7 +51,7 @@ def _head_only_at(model, learned: torch.Tensor):
 @contextmanager
 def _head_loss_at(model, learned: torch.Tensor, targets: torch.Tensor):
     """Like `_head_only_at`, but the head returns the summed cross-entropy of the learned positions instead of
-    their logits, computed in chunks (`litsft.linear_cross_entropy`): training never holds [N, V] logits."""
+    their logits, computed in chunks (`litsft.model.linear_cross_entropy`): training never holds [N, V] logits."""
     head = model.get_output_embeddings()
     result: list[torch.Tensor] = []
 

@@ -1,6 +1,6 @@
 """Conversations -> one tokenization each, learned token spans from character offsets, truncation at turn ends.
 
-Per conversation (cut after its last assistant message, see `litsft.data.chat.trained_part`): render it with the
+Per conversation (cut after its last assistant message, see `litsft.data.chat_format.trained_part`): render it with the
 chat template, locate the characters to learn (each assistant message through its end-of-turn token,
 `ChatFormat.locate`), tokenize the rendered text ONCE (the template writes the special tokens; none are added), and
 learn every token that covers one of those characters. The ids are exactly `apply_chat_template(tokenize=True)`'s,
@@ -17,10 +17,10 @@ dropped and counted, as is a row without an assistant message or with a control 
 
 from __future__ import annotations
 
-from litsft.console import no_datasets_progress
-from litsft.data.chat import ChatFormat, ChatRowError, trained_part
-from litsft.data.tokenize import RowCounts
+from litsft.data.chat_format import ChatFormat, ChatRowError, trained_part
+from litsft.data.tokenize_alpaca import RowCounts
 from litsft.errors import LitSFTError
+from litsft.run.console import no_datasets_progress
 
 OK, NO_ASSISTANT, CONTROL_TOKEN = 0, 1, 2
 

@@ -52,8 +52,8 @@ def _prompt_from(record, path: Path, row: int, flag: str) -> SamplePrompt:
     if not isinstance(record, dict):
         raise LitSFTError(f"{where}: expected a string or an object with 'instruction', got {type(record).__name__}.")
     if "messages" in record and "instruction" not in record:  # a chat prompt: the conversation so far
-        from litsft.data.chat import prompt_part
-        from litsft.data.messages import MessageColumns, conversation
+        from litsft.data.chat_format import prompt_part
+        from litsft.data.conversations import MessageColumns, conversation
 
         given = conversation(record["messages"], f"{where}, field 'messages'", MessageColumns())
         messages, reference = prompt_part(given)

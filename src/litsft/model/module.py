@@ -8,14 +8,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import SumMetric
 
 from litsft.data.packing import block_causal_mask
-from litsft.data.tokenize import IGNORE_INDEX
-from litsft.eos_accuracy import capture_head_output, eos_hits
-from litsft.generation import generate_ids
-from litsft.hf_loading import load_config, load_model
-from litsft.lora import LoraSettings, as_hparams, lora_settings
-from litsft.loss import head_can_be_gathered, masked_ce_sum
-from litsft.metrics import TokenMean
-from litsft.optim import check_optimizer_settings, param_groups, warmup_cosine
+from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.model.decoding import generate_ids
+from litsft.model.eos_accuracy import capture_head_output, eos_hits
+from litsft.model.loading import load_config, load_model
+from litsft.model.lora import LoraSettings, as_hparams, lora_settings
+from litsft.model.loss import head_can_be_gathered, masked_ce_sum
+from litsft.model.metrics import TokenMean
+from litsft.model.optim import check_optimizer_settings, param_groups, warmup_cosine
 
 
 class SFTModule(LightningModule):
@@ -71,7 +71,7 @@ class SFTModule(LightningModule):
         lora = as_hparams(self.lora)  # hparams hold plain data: checkpoints load with weights_only=True
         self.save_hyperparameters()
         if self.lora is not None:
-            from litsft.lora import import_peft
+            from litsft.model.lora import import_peft
 
             import_peft()  # a missing package fails now, not after the data is prepared
             self.strict_loading = False  # checkpoints hold the adapters alone; load_state_dict checks their keys
@@ -118,19 +118,19 @@ class SFTModule(LightningModule):
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:  # after gradient checkpointing (peft adapts to it), before sharding and compiling
-            from litsft.lora import apply_lora, describe, weights_fingerprint
+            from litsft.model.lora import apply_lora, describe, weights_fingerprint
 
             self.base_fingerprint = weights_fingerprint(model)
             model = apply_lora(model, self.lora)
             rank_zero_info(describe(model, self.lora))
         if self._device_mesh is not None:  # FSDP2 (litsft.strategies.FSDP2Strategy / ModelParallelStrategy)
-            from litsft.sharding import apply_fsdp2
+            from litsft.model.sharding import apply_fsdp2
 
             # bf16-mixed: all-gather and compute in bf16 (half the traffic), reduce gradients in fp32.
             bf16 = self._trainer is not None and str(self.trainer.precision) == "bf16-mixed"
             apply_fsdp2(model, self._device_mesh["data_parallel"], torch.bfloat16 if bf16 else None)
         if hp.torch_compile:
-            from litsft.compilation import compile_blocks
+            from litsft.model.compilation import compile_blocks
 
             compile_blocks(model)
         self.model = model
@@ -256,7 +256,7 @@ class SFTModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.lora is not None:
-            from litsft.lora import check_fingerprint
+            from litsft.model.lora import check_fingerprint
 
             check_fingerprint(checkpoint.get("lora_base_fingerprint"), self.base_fingerprint)
 
@@ -264,7 +264,7 @@ class SFTModule(LightningModule):
         """With LoRA, a state dict of the adapters alone loads (the frozen base comes from the model's own source)."""
         if self.lora is None or not self.adapter_state_keys:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        from litsft.lora import check_adapter_keys
+        from litsft.model.lora import check_adapter_keys
 
         check_adapter_keys(state_dict.keys(), self.adapter_state_keys, self.frozen_state_keys)
         return super().load_state_dict(state_dict, strict=False, assign=assign)

@@ -3,7 +3,7 @@
 Each targeted projection W [out, in] keeps its weights frozen and gains two trainable matrices A [r, in] and
 B [out, r]: y = W x + (alpha / r) * B A dropout(x). B starts at zero, so step 0 computes exactly the base model.
 Only A and B are trained, so the optimizer holds their state only, checkpoints hold them and that state only,
-and the frozen matmuls need no weight gradient (`litsft.flops`). The targets are found from the model, for any
+and the frozen matmuls need no weight gradient (`litsft.model.flops`). The targets are found from the model, for any
 family: every Linear (or GPT-2 Conv1D) projection inside the transformer blocks, i.e. attention and MLP, as
 QLoRA's "all-linear" does (peft's own defaults table adapts only the query and value projections, which
 learns less for the same memory); never the embeddings or the LM head, which stay tied and fused.
@@ -110,7 +110,7 @@ def _projection_types() -> tuple[type[nn.Module], ...]:
 def default_target_modules(model: nn.Module) -> list[str]:
     """The last name parts of every Linear/Conv1D inside the transformer blocks (attention and MLP projections),
     routers excepted: GPT-2 [c_attn, c_fc, c_proj], Llama/Qwen2 [down_proj, gate_proj, ..., v_proj]."""
-    from litsft.compilation import transformer_blocks
+    from litsft.model.compilation import transformer_blocks
 
     blocks = transformer_blocks(model)
     if blocks is None:
