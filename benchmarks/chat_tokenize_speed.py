@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     from litsft.data.chat_format import ChatFormat
     from litsft.data.tokenize_chat import tokenize_conversations
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(
         str(REAL_TOKENIZER) if REAL_TOKENIZER.is_dir() else str(REPO / "configs/smoke/tiny-gpt2")

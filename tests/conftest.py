@@ -63,7 +63,7 @@ def in_repo(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     return load_tokenizer(str(SMOKE_MODEL))
 
@@ -74,7 +74,7 @@ def gpt2_tokenizer():
     folder = SHARED_DATA / "gpt2-tokenizer"
     if not folder.is_dir():
         pytest.skip("../shared/data/gpt2-tokenizer is absent")
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     return load_tokenizer(str(folder))
 
@@ -88,7 +88,7 @@ def save_pretrained_tiny_gpt2(folder: Path, dropout: float = 0.1, seed: int = 0,
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     hf_config = AutoConfig.from_pretrained(str(SMOKE_MODEL))
     for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):

@@ -15,8 +15,8 @@ from litsft.data.chat_format import ChatFormat
 from litsft.data.conversations import MessageColumns, load_conversations
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.tokenize_chat import process_conversations, tokenize_conversations
+from litsft.data.tokenizer import load_tokenizer
 from litsft.errors import LitSFTError
-from litsft.model.loading import load_tokenizer
 from tests.conftest import SMOKE_MODEL
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer
 

@@ -16,9 +16,9 @@ import torch
 
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
+from litsft.data.tokenizer import load_tokenizer
 from litsft.generate import main as generate_main
 from litsft.model.decoding import generate_ids
-from litsft.model.loading import load_tokenizer
 from litsft.model.loss import masked_ce_sum
 from litsft.model.sharding import block_classes
 from tests.conftest import REPO, SMOKE_DATA, tiny_model_args

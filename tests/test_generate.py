@@ -95,7 +95,7 @@ def test_generate_compare_prints_base_and_fine_tuned_answers(smoke_wandb_run, tm
     # the fine-tuned answers are what the export generates on the template-rendered prompt, stopping at EOS
     from transformers import AutoModelForCausalLM
 
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(export))
     model = AutoModelForCausalLM.from_pretrained(str(export))

@@ -11,7 +11,7 @@ import torch
 from litsft.data.collate import SFTCollator
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.tokenize_alpaca import tokenize_batch
-from litsft.model.loading import load_tokenizer
+from litsft.data.tokenizer import load_tokenizer
 from litsft.prompts import ALPACA
 from tests.conftest import write_rows
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer

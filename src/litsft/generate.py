@@ -53,7 +53,8 @@ def load_model(name: str, flag: str, dtype_name: str = "auto", seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from litsft.model.loading import _explain, load_config
+    from litsft.hub import explain_load_error
+    from litsft.model.loading import load_config
 
     dtype = _dtype(dtype_name)
     folder = Path(name).expanduser()
@@ -65,12 +66,12 @@ def load_model(name: str, flag: str, dtype_name: str = "auto", seed: int = 0):
     try:
         return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - every failure of from_pretrained gets the same advice
-        raise _explain("model", name, flag, err) from err
+        raise explain_load_error("model", name, flag, err) from err
 
 
 def load_tokenizer_for(name: str, fallback: str | None, flag: str):
     """The tokenizer saved with `name`; else the one of `fallback` (the fine-tuned model's), with a note."""
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(name, flag=flag)
@@ -97,7 +98,7 @@ def chat_format(args):
     trained_on_chat = (Path(args.model).expanduser() / CHAT_FILE).is_file()
     if not (args.chat or trained_on_chat or args.chat_template):
         return None
-    from litsft.model.loading import load_tokenizer
+    from litsft.data.tokenizer import load_tokenizer
 
     return ChatFormat(load_tokenizer(args.model, flag="--model"), args.chat_template, flag="--chat_template")
 

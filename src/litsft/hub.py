@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from litsft.model.loading import looks_like_path
+from litsft.errors import LitSFTError
 
 TRUE = {"1", "ON", "YES", "TRUE"}
 _detected: str | None = None  # why this process switched the hub libraries offline, if it did
@@ -111,3 +111,39 @@ def check_hub(names: list[str | None], timeout: float = 3.0) -> str | None:
         _switch_offline()
         _detected = f"the Hugging Face hub {endpoint()} cannot be reached ({why})"
     return _detected
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` is meant as a local path rather than a hub id like `distilgpt2` or `org/model`."""
+    return (
+        os.path.exists(name)
+        or name.startswith((".", "/", "~"))
+        or os.sep in name.strip("/").split("/", 1)[-1]  # more than one slash: org/model has exactly one
+        or Path(name).suffix in {".json", ".jsonl", ".parquet", ".csv", ".yaml"}
+    )
+
+
+def explain_load_error(what: str, name: str, flag: str, err: Exception) -> LitSFTError:
+    """A failed `from_pretrained` of `name` as one error that says what was tried and what to pass instead: a
+    folder that does not exist or is not a model, a hub id missing from the cache offline, or a hub failure."""
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            return LitSFTError(f"{flag}: {what} folder '{name}' does not exist. Check the path.")
+        return LitSFTError(
+            f"{flag}: '{name}' is not a Hugging Face {what} folder ({type(err).__name__}: {err}). "
+            f"Pass a folder written by `save_pretrained`, or a hub id such as 'distilgpt2'."
+        )
+    local = f"{flag} /path/to/{name.split('/')[-1]}"
+    if offline_reason() is not None:  # decided once for the run (litsft.hub); never "set HF_HUB_OFFLINE=1" again
+        from huggingface_hub import constants
+
+        return LitSFTError(
+            f"{flag}: {what} '{name}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}). Where there is "
+            f"network, `hf download {name}` fills the cache (copy it here), or save it with `save_pretrained` and pass "
+            f"the folder: {local}."
+        )
+    return LitSFTError(
+        f"{flag}: could not load {what} '{name}' from the Hugging Face hub ({type(err).__name__}: {str(err)[:200]}). "
+        f"Check the id (https://huggingface.co/{name}), or pass a local folder written by `save_pretrained`: {local}."
+    )

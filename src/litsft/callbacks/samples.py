@@ -50,25 +50,6 @@ def generates_on_all_ranks(trainer: Trainer, pl_module: LightningModule) -> bool
     return any(isinstance(p, DTensor) for p in pl_module.parameters())
 
 
-def validation_prompts(datamodule, count: int, fits) -> list[SamplePrompt]:
-    """The first `count` validation rows (source order) whose prompt `fits`, those with context first (an `input`;
-    chat: earlier turns). Chat prompts are the conversation up to its last assistant turn."""
-    if count <= 0 or getattr(datamodule, "val_rows", None) is None or not len(datamodule.val_rows):
-        return []
-    val_rows = sorted(datamodule.val_rows["row"][:])
-    chosen: list[SamplePrompt] = []
-    for want_context in (True, False):
-        for start in range(0, len(val_rows), 256):  # read in slices: stop early on a large validation set
-            for prompt in datamodule.source_prompts(val_rows[start : start + 256]):
-                if not (prompt.instruction or prompt.messages):
-                    continue  # a conversation that opens with the assistant: nothing to ask
-                if bool(prompt.input or len(prompt.messages) > 1) == want_context and fits(prompt):
-                    chosen.append(prompt)
-                    if len(chosen) == count:
-                        return chosen
-    return chosen
-
-
 class SampleGenerationCallback(Callback):
     """Answers fixed prompts during `fit`, base model first, and logs them side by side."""
 
@@ -177,7 +158,7 @@ class SampleGenerationCallback(Callback):
                 )
         else:
             prompts = [p for p in SEED_PROMPTS if fits(p)]
-            prompts += validation_prompts(datamodule, self.num_val_prompts, fits)
+            prompts += datamodule.sample_prompts(self.num_val_prompts, fits)
         self.prompts = list(prompts)
         self._prompt_ids = [encode(p) for p in self.prompts]
         self.answers = [[] for _ in self.prompts]

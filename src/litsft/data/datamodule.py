@@ -20,8 +20,8 @@ from litsft.data.prompts_to_answer import SamplePrompt
 from litsft.data.sampler import KeyedDataset, ResumableBatchSampler, StepBatchSampler
 from litsft.data.sources import file_fingerprint, load_rows, source_kind
 from litsft.data.tokenize_alpaca import RowCounts, process_rows
+from litsft.data.tokenizer import load_tokenizer
 from litsft.errors import LitSFTError
-from litsft.model.loading import load_tokenizer
 from litsft.prompts import PromptTemplate, get_template
 from litsft.run.console import no_datasets_progress
 from litsft.run.resume import trained_position
@@ -175,6 +175,11 @@ class AlpacaDataModule(LightningDataModule):
         return self._chat
 
     @property
+    def eos_token_id(self) -> int:
+        """The tokenizer's EOS id: the token every response ends with (and learns)."""
+        return self.tokenizer.eos_token_id
+
+    @property
     def stop_token_ids(self) -> list[int]:
         """Tokens that end an answer: EOS; for chat data the end-of-turn token too."""
         return self.chat.stop_token_ids if self.chat is not None else [self.tokenizer.eos_token_id]
@@ -196,6 +201,25 @@ class AlpacaDataModule(LightningDataModule):
             self._source, _ = load_rows(self.dataset, self.columns, self.split)
         block = self._source.select(rows)[:]
         return [SamplePrompt(*r) for r in zip(block["instruction"], block["input"], block["output"], strict=True)]
+
+    def sample_prompts(self, count: int, fits) -> list[SamplePrompt]:
+        """The first `count` validation rows (source order) whose prompt `fits`, those with context first (an
+        `input`; chat: earlier turns): what the sample callback asks. Chat prompts are the conversation up to its
+        last assistant turn."""
+        if count <= 0 or self.val_rows is None or not len(self.val_rows):
+            return []
+        val_rows = sorted(self.val_rows["row"][:])
+        chosen: list[SamplePrompt] = []
+        for want_context in (True, False):
+            for start in range(0, len(val_rows), 256):  # read in slices: stop early on a large validation set
+                for prompt in self.source_prompts(val_rows[start : start + 256]):
+                    if not (prompt.instruction or prompt.messages):
+                        continue  # a conversation that opens with the assistant: nothing to ask
+                    if bool(prompt.input or len(prompt.messages) > 1) == want_context and fits(prompt):
+                        chosen.append(prompt)
+                        if len(chosen) == count:
+                            return chosen
+        return chosen
 
     # -- tokenization and its cache -------------------------------------------------------------------------
 

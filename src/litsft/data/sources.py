@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 
 from litsft.errors import LitSFTError
-from litsft.model.loading import looks_like_path
+from litsft.hub import looks_like_path
 
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 

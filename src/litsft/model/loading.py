@@ -1,4 +1,4 @@
-"""Load Hugging Face tokenizers, configs and models with errors a user can act on.
+"""Load Hugging Face configs and models (tokenizers: `litsft.data.tokenizer`) with errors a user can act on.
 
 `from_pretrained` on a hub id with no network raises a chain of HTTP and cache errors; a folder that is not a
 model raises deep `OSError`s. Both become one `LitSFTError` that says what was tried and what to pass instead.
@@ -6,72 +6,11 @@ model raises deep `OSError`s. Both become one `LitSFTError` that says what was t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from litsft.errors import LitSFTError
-
-
-def looks_like_path(name: str) -> bool:
-    """True when `name` is meant as a local path rather than a hub id like `distilgpt2` or `org/model`."""
-    return (
-        os.path.exists(name)
-        or name.startswith((".", "/", "~"))
-        or os.sep in name.strip("/").split("/", 1)[-1]  # more than one slash: org/model has exactly one
-        or Path(name).suffix in {".json", ".jsonl", ".parquet", ".csv", ".yaml"}
-    )
-
-
-def _explain(what: str, name: str, flag: str, err: Exception) -> LitSFTError:
-    if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not path.exists():
-            return LitSFTError(f"{flag}: {what} folder '{name}' does not exist. Check the path.")
-        return LitSFTError(
-            f"{flag}: '{name}' is not a Hugging Face {what} folder ({type(err).__name__}: {err}). "
-            f"Pass a folder written by `save_pretrained`, or a hub id such as 'distilgpt2'."
-        )
-    from litsft.hub import offline_reason
-
-    local = f"{flag} /path/to/{name.split('/')[-1]}"
-    if offline_reason() is not None:  # decided once for the run (litsft.hub); never "set HF_HUB_OFFLINE=1" again
-        from huggingface_hub import constants
-
-        return LitSFTError(
-            f"{flag}: {what} '{name}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}). Where there is "
-            f"network, `hf download {name}` fills the cache (copy it here), or save it with `save_pretrained` and pass "
-            f"the folder: {local}."
-        )
-    return LitSFTError(
-        f"{flag}: could not load {what} '{name}' from the Hugging Face hub ({type(err).__name__}: {str(err)[:200]}). "
-        f"Check the id (https://huggingface.co/{name}), or pass a local folder written by `save_pretrained`: {local}."
-    )
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False, flag: str = "--model.tokenizer_name_or_path"):
-    """A fast tokenizer (we need character offsets) with an EOS token and a pad token."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception as err:  # noqa: BLE001 - every failure mode of from_pretrained gets the same advice
-        raise _explain("tokenizer", name, flag, err) from err
-    if not getattr(tokenizer, "is_fast", False):
-        raise LitSFTError(
-            f"{flag}: the tokenizer of '{name}' is a slow (Python) tokenizer; litsft needs a fast one for exact "
-            "character offsets. Save the model with a tokenizer.json (tokenizers library) and try again."
-        )
-    if tokenizer.eos_token_id is None:
-        raise LitSFTError(
-            f"{flag}: the tokenizer of '{name}' has no EOS token, so the model could never learn to stop. "
-            "Set `eos_token` in its tokenizer_config.json (for GPT-2: '<|endoftext|>')."
-        )
-    if tokenizer.pad_token_id is None:
-        # Padding positions are masked by attention_mask and labels=-100, so which id pads does not matter;
-        # labels are never derived from `input_ids != pad_token_id` (that would unlearn EOS, trl#1623).
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from litsft.hub import explain_load_error
 
 
 def dropout_fields(config) -> list[str]:
@@ -110,7 +49,7 @@ def load_config(
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001
-        raise _explain("model", name, "--model.model_name_or_path", err) from err
+        raise explain_load_error("model", name, "--model.model_name_or_path", err) from err
     for key, value in (overrides or {}).items():
         if not hasattr(config, key):
             raise LitSFTError(
@@ -191,7 +130,7 @@ def load_model(name: str, config, trust_remote_code: bool = False):
             weights_only=True,
         )
     except Exception as err:  # noqa: BLE001
-        raise _explain("model", name, "--model.model_name_or_path", err) from err
+        raise explain_load_error("model", name, "--model.model_name_or_path", err) from err
 
 
 def context_length(config) -> int | None:

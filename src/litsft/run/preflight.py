@@ -8,9 +8,10 @@ hub can be used (`litsft.hub`); with the hub offline, what is cached passes at o
 
 from __future__ import annotations
 
+from litsft.data.tokenizer import load_tokenizer
 from litsft.errors import LitSFTError
 from litsft.hub import check_hub, needs_hub
-from litsft.model.loading import check_weights, context_length, load_config, load_tokenizer
+from litsft.model.loading import check_weights, context_length, load_config
 
 
 def _hub_dataset_problem(dataset: str, reason: str) -> str | None:
