@@ -92,7 +92,7 @@ def raw_loop(cfg: dict, device: str) -> dict:
     from torch.utils.data import DataLoader
 
     from litsft.data.collate import SFTCollator
-    from litsft.data.datamodule import row_lengths
+    from litsft.data.loaders import row_lengths
     from litsft.data.sampler import KeyedDataset, StepBatchSampler
     from litsft.model.loss import masked_ce_sum
     from litsft.model.optim import param_groups, warmup_cosine

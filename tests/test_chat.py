@@ -214,7 +214,7 @@ def test_truncation_cuts_at_a_turn_boundary_and_drops_rows_with_nothing_learned(
     out = tokenize_conversations([long_turns], chat, limit)
     ids, labels = ours(out, 0)
     assert ids == ref_ids[:first_end] and labels == ref_labels[:first_end]  # cut where the first turn ends
-    assert out["truncated"] == [True] and out["eos_lost"] == [False] and out["turns_cut"] == [1]
+    assert out["truncated"] == [True] and out["cut_mid_turn"] == [False] and out["turns_cut"] == [1]
     # only one long turn: cut inside it, its end-of-turn lost
     one = long_turns[2:]
     ref_ids, ref_labels = reference_row(chatml, reference_chatml, one)
@@ -222,7 +222,7 @@ def test_truncation_cuts_at_a_turn_boundary_and_drops_rows_with_nothing_learned(
     out = tokenize_conversations([one], chat, start + 3)
     ids, labels = ours(out, 0)
     assert ids == ref_ids[: start + 3] and labels == ref_labels[: start + 3]
-    assert out["eos_lost"] == [True] and out["num_labels"] == [3]
+    assert out["cut_mid_turn"] == [True] and out["num_labels"] == [3]
     # the assistant's first token beyond max_seq_length: nothing to learn, dropped and counted
     import datasets
 

@@ -1,7 +1,7 @@
 import torch
 
+from litsft.batch import IGNORE_INDEX
 from litsft.data.collate import SFTCollator
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
 
 EOS = 7
 

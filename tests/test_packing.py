@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from litsft.data.collate import SFTCollator
-from litsft.data.packing import PackedBatchSampler, PackedCollator, block_causal_mask, pack_bins
+from litsft.data.packing import PackedBatchSampler, PackedCollator, pack_bins
 from litsft.errors import LitSFTError
+from litsft.model.attention_mask import block_causal_mask
 from tests.test_module import datamodule, first_step_grads, tiny_module
 
 

@@ -1,7 +1,8 @@
 import datasets
 import pytest
 
-from litsft.data.tokenize_alpaca import IGNORE_INDEX, labels_for, process_rows, tokenize_batch
+from litsft.batch import IGNORE_INDEX
+from litsft.data.tokenize_alpaca import labels_for, process_rows, tokenize_batch
 from litsft.prompts import ALPACA, PLAIN
 
 

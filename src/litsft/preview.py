@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from litsft.data.tokenize_alpaca import IGNORE_INDEX, tokenize_batch
+from litsft.batch import IGNORE_INDEX
+from litsft.data.tokenize_alpaca import tokenize_batch
 
 DIM, GREEN, REVERSE, RESET = "\033[2m", "\033[32m", "\033[7m", "\033[0m"
 

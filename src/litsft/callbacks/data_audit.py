@@ -17,7 +17,7 @@ def data_audit(datamodule) -> dict[str, float] | None:
     splits = [getattr(datamodule, name, None) for name in ("train_rows", "val_rows")]
     if counts is None or any(s is None for s in splits):
         return None
-    from litsft.data.datamodule import row_lengths
+    from litsft.data.loaders import row_lengths
 
     # Row lengths from Arrow's list offsets (a chat row's learned tokens are not one suffix): no Python lists.
     lengths = np.concatenate([row_lengths(s).astype(np.int64) if len(s) else np.zeros(0, np.int64) for s in splits])
@@ -27,7 +27,6 @@ def data_audit(datamodule) -> dict[str, float] | None:
         "data/kept": counts.kept,
         "data/dropped": counts.dropped,
         "data/truncated": counts.truncated,
-        "data/eos_lost": counts.eos_lost,
         "data/empty_output": counts.empty_output,
         "data/train_rows": len(splits[0]),
         "data/val_rows": len(splits[1]),
@@ -38,6 +37,7 @@ def data_audit(datamodule) -> dict[str, float] | None:
             "data/control_tokens": counts.control_tokens,
             "data/turns": counts.turns,
             "data/turns_cut": counts.turns_cut,
+            "data/cut_mid_turn": counts.cut_mid_turn,
         }
     if len(lengths):
         p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
@@ -54,7 +54,7 @@ def data_audit(datamodule) -> dict[str, float] | None:
 def describe(audit: dict[str, float]) -> str:
     text = (
         f"litsft data audit: {audit['data/rows']:,} rows, {audit['data/dropped']:,} dropped, "
-        f"{audit['data/truncated']:,} truncated, {audit['data/eos_lost']:,} lost their EOS; "
+        f"{audit['data/truncated']:,} truncated; "
         f"{audit['data/train_rows']:,} train / {audit['data/val_rows']:,} validation rows"
     )
     if "data/tokens_p50" in audit:

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.batch import IGNORE_INDEX
 from litsft.model.flops import ModelShape, compute_dtype, peak_flops, training_flops
 
 # Device counters, in this order: learned tokens, real (non-padding) tokens, causal attention pairs, LM-head

@@ -14,15 +14,16 @@ from pathlib import Path
 import datasets
 
 from litsft.atomic_files import disk_full_error, fsync_tree, is_disk_full
-from litsft.data.tokenize_alpaca import RowCounts
+from litsft.data.row_counts import RowCounts
 from litsft.errors import LitSFTError
 
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
 
-# Bump when tokenize.py changes what it stores, or a template changes what it renders: old cache entries then stop
-# matching. 3: `plain` renders a row without input as the instruction alone (the seed's format), not "instr: ";
-# a post-processor EOS is no longer doubled; chat rows (label_spans); entries carry a manifest.
-FORMAT_VERSION = 3
+# Bump when tokenization changes what it stores, or a template changes what it renders: old cache entries then stop
+# matching. 3: `plain` renders a row without input as the instruction alone (the tutorial's format), not "instr: ";
+# a post-processor EOS is no longer doubled; chat rows (label_spans); entries carry a manifest. 4: the counts say
+# `cut_mid_turn` (chat) where they said `eos_lost` (for Alpaca rows always equal to `truncated`).
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
-from litsft.model.loss import learned_positions
+from litsft.batch import IGNORE_INDEX, learned_positions
 
 
 def label_ranges(row: dict) -> list[tuple[int, int]]:
@@ -24,7 +23,7 @@ class SFTCollator:
     `input_ids != pad_token_id`: GPT-2's pad is its EOS,
     and comparing against it would mask the learned EOS (trl#1623). Padding is on the right, labels -100 there.
     `step_tokens` (learned tokens in the whole optimizer step, all ranks) is present when the rows carry it.
-    `loss_index` [N] long: where the loss is computed (`litsft.model.loss.learned_positions`), found here on the host
+    `loss_index` [N] long: where the loss is computed (`litsft.batch.learned_positions`), found here on the host
     so the device never waits for it; its presence also tells the model the batch is right-padded.
     """
 

@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
@@ -15,15 +14,17 @@ from litsft.data.cache import TokenizedCache, default_cache_dir, tokenizer_finge
 from litsft.data.chat_data import ChatData
 from litsft.data.collate import SFTCollator
 from litsft.data.conversations import MessageColumns, detect_format
-from litsft.data.packing import PackedBatchSampler, PackedCollator
-from litsft.data.prompts_to_answer import SamplePrompt
-from litsft.data.sampler import KeyedDataset, ResumableBatchSampler, StepBatchSampler
+from litsft.data.loaders import BatchSettings, Placement, collator, describe_step, eval_loader, loader, train_batches
+from litsft.data.progress import no_datasets_progress
+from litsft.data.prompts_to_answer import SamplePrompt, choose_prompts
+from litsft.data.row_counts import RowCounts
+from litsft.data.sampler import KeyedDataset, ResumableBatchSampler
 from litsft.data.sources import file_fingerprint, load_rows, source_kind
-from litsft.data.tokenize_alpaca import RowCounts, process_rows
+from litsft.data.splits import validation_mask
+from litsft.data.tokenize_alpaca import process_rows
 from litsft.data.tokenizer import load_tokenizer
 from litsft.errors import LitSFTError
 from litsft.prompts import PromptTemplate, get_template
-from litsft.run.console import no_datasets_progress
 from litsft.run.resume import trained_position
 
 
@@ -203,23 +204,11 @@ class AlpacaDataModule(LightningDataModule):
         return [SamplePrompt(*r) for r in zip(block["instruction"], block["input"], block["output"], strict=True)]
 
     def sample_prompts(self, count: int, fits) -> list[SamplePrompt]:
-        """The first `count` validation rows (source order) whose prompt `fits`, those with context first (an
-        `input`; chat: earlier turns): what the sample callback asks. Chat prompts are the conversation up to its
-        last assistant turn."""
+        """What the sample callback asks besides its fixed prompts: `count` validation rows whose prompt `fits`
+        (see `choose_prompts`)."""
         if count <= 0 or self.val_rows is None or not len(self.val_rows):
             return []
-        val_rows = sorted(self.val_rows["row"][:])
-        chosen: list[SamplePrompt] = []
-        for want_context in (True, False):
-            for start in range(0, len(val_rows), 256):  # read in slices: stop early on a large validation set
-                for prompt in self.source_prompts(val_rows[start : start + 256]):
-                    if not (prompt.instruction or prompt.messages):
-                        continue  # a conversation that opens with the assistant: nothing to ask
-                    if bool(prompt.input or len(prompt.messages) > 1) == want_context and fits(prompt):
-                        chosen.append(prompt)
-                        if len(chosen) == count:
-                            return chosen
-        return chosen
+        return choose_prompts(sorted(self.val_rows["row"][:]), self.source_prompts, count, fits)
 
     # -- tokenization and its cache -------------------------------------------------------------------------
 
@@ -290,9 +279,10 @@ class AlpacaDataModule(LightningDataModule):
         if not self._usable_cache(cache):  # setup without prepare_data (a bare script), or damaged since: prepare
             self.prepare_data()
         processed, self.counts = cache.load()
-        self._report_global_batch(processed)
+        if self.trainer is not None:
+            rank_zero_info(describe_step(processed, self.batch_size, self.packing, Placement.of(self.trainer)))
         rank_zero_info(f"litsft data: {self.counts.describe()} (cache {cache.path})")
-        is_val = self.val_mask(processed["row"][:], self.counts.rows)
+        is_val = validation_mask(processed["row"][:], self.counts.rows, self.val_size, self.seed)
         self.train_rows = processed.select(np.flatnonzero(~is_val))
         self.val_rows = processed.select(np.flatnonzero(is_val))
         if len(self.train_rows) == 0:
@@ -300,90 +290,31 @@ class AlpacaDataModule(LightningDataModule):
                 f"--data.val_size={self.val_size} leaves no training rows out of {self.counts.kept}. Lower it."
             )
 
-    def _report_global_batch(self, processed) -> None:
-        """`batch_size` is per device: print what one optimizer step holds, to keep it when devices change."""
-        trainer = self.trainer
-        if trainer is None:
-            return
-        devices, accumulate = trainer.world_size, trainer.accumulate_grad_batches
-        rows = self.batch_size * devices * accumulate
-        unit = "packed sequences" if self.packing else "rows"
-        tokens = np.mean([len(x) for x in processed["input_ids"][:2000]]) * rows
-        learned = np.mean(processed["num_labels"][:2000]) * rows
-        size = f" (~{tokens:,.0f} tokens, ~{learned:,.0f} learned)" if not self.packing else ""
-        rank_zero_info(
-            f"litsft batch: {self.batch_size} {unit} per device x {devices} device(s) x {accumulate} accumulation = "
-            f"{rows:,} {unit} per optimizer step{size}. To keep it on another device count, scale "
-            "--data.batch_size or --trainer.accumulate_grad_batches."
-        )
-
-    def val_mask(self, rows: list[int], num_source_rows: int) -> np.ndarray:
-        """Which kept rows validate. Drawn over source row indices with `seed`, so the validation rows do not
-        change with tokenizer or length settings; the same for every run with the same data and seed."""
-        n_val = self.val_size if isinstance(self.val_size, int) else round(self.val_size * num_source_rows)
-        if n_val >= num_source_rows:
-            raise LitSFTError(
-                f"--data.val_size={self.val_size} asks for {n_val} validation rows but the data has only "
-                f"{num_source_rows}. Use a smaller count or a fraction such as 0.02."
-            )
-        val_rows = np.random.default_rng(self.seed).permutation(num_source_rows)[:n_val]
-        return np.isin(np.asarray(rows), val_rows)
-
     # -- loaders --------------------------------------------------------------------------------------------
 
-    def collator(self) -> SFTCollator:
-        return SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
-
-    def _loader(self, rows, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
-        if shuffle and self.packing:
-            sampler = PackedBatchSampler(
-                lengths=row_lengths(rows),
-                num_labels=np.asarray(rows["num_labels"][:]),
-                batch_size=self.batch_size,
-                capacity=self.max_seq_length,
-                accumulate=trainer.accumulate_grad_batches if trainer else 1,
-                num_replicas=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
-                seed=self.seed,
-            )
-            collate_fn = PackedCollator(self.tokenizer.pad_token_id, self.max_seq_length, self.pad_to_multiple_of)
-        else:
-            sampler, collate_fn = self._step_sampler(rows, shuffle), self.collator()
-        if shuffle:  # training: a new order each epoch, and exact mid-epoch resume (see ResumableBatchSampler)
-            sampler = self._train_batches = ResumableBatchSampler(sampler)
-            if self._train_resume is not None:
-                sampler.load_state_dict(self._train_resume)
-                self._train_resume = None
-        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
-            KeyedDataset(rows),
-            batch_sampler=sampler,
-            collate_fn=collate_fn,
-            num_workers=self.num_workers,
-            pin_memory=on_gpu,  # page-locked host batches: the copy to the GPU can overlap compute
-            persistent_workers=self.num_workers > 0,
-            # Starting to iterate draws a worker seed: from this generator, not from the global RNG that dropout
-            # uses, so a resumed run (which sets up its loaders at other times) draws the same dropout masks.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-
-    def _step_sampler(self, rows, shuffle: bool) -> StepBatchSampler:
-        trainer = self.trainer
-        return StepBatchSampler(
-            lengths=row_lengths(rows) if len(rows) else np.zeros(0),
-            num_labels=np.asarray(rows["num_labels"][:]),
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(
+            pad_token_id=self.tokenizer.pad_token_id,
             batch_size=self.batch_size,
-            accumulate=trainer.accumulate_grad_batches if (trainer and shuffle) else 1,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+            max_seq_length=self.max_seq_length,
             seed=self.seed,
-            shuffle=shuffle,
-            group_by_length=self.group_by_length or not shuffle,  # evaluation order is free: sort by length
+            num_workers=self.num_workers,
+            group_by_length=self.group_by_length,
+            packing=self.packing,
+            pad_to_multiple_of=self.pad_to_multiple_of,
         )
+
+    def collator(self) -> SFTCollator:
+        return collator(self.batch_settings())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, shuffle=True)
+        settings, placement = self.batch_settings(), Placement.of(self.trainer)
+        sampler, collate_fn = train_batches(self.train_rows, settings, placement)
+        if self._train_resume is not None:  # the position a checkpoint saved (load_state_dict)
+            sampler.load_state_dict(self._train_resume)
+            self._train_resume = None
+        self._train_batches = sampler
+        return loader(self.train_rows, sampler, collate_fn, settings, placement)
 
     # -- checkpoint state: where training stands in the data ---------------------------------------------------
 
@@ -408,7 +339,9 @@ class AlpacaDataModule(LightningDataModule):
         return [int(r) for r in np.asarray(self.train_rows["row"][:])[index]]
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_rows, shuffle=False) if len(self.val_rows) else []
+        if not len(self.val_rows):
+            return []
+        return eval_loader(self.val_rows, self.batch_settings(), Placement.of(self.trainer))
 
     def test_dataloader(self) -> DataLoader | list:
         """Alpaca has one split: `test` evaluates the held-out validation rows."""
@@ -434,11 +367,3 @@ class AlpacaDataModule(LightningDataModule):
         return DataLoader(
             KeyedDataset(self.val_rows), batch_size=self.batch_size, shuffle=False, collate_fn=self.collator()
         )
-
-
-def row_lengths(rows) -> np.ndarray:
-    """Tokens per row, read from Arrow's list offsets: ~0.2 s for 52,000 rows, where a Python list per row
-    takes ~1.5 s of every (even cached) start."""
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(rows.with_format("arrow")[:]["input_ids"]).to_numpy()

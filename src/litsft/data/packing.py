@@ -6,7 +6,7 @@ budget per micro-batch.
 How rows stay apart (so training on a packed batch is training on its rows one by one):
 - position ids restart at 0 for each row: every row sees the positions it would see alone;
 - the attention mask is block-diagonal causal: a token attends only to earlier tokens of its own row
-  ([B, 1, T, T], built on the device from the position ids in the format of the model's attention code);
+  ([B, 1, T, T], built on the device from the position ids by `litsft.model.attention_mask`);
 - the first token of each row is never a target (it would be predicted from the previous row's last token),
   so the packed loss is the unpacked loss, token for token.
 Trailing padding forms a "row" of its own (its positions restart at 0): it attends only to itself, so no
@@ -24,14 +24,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from litsft.batch import IGNORE_INDEX, learned_positions
 from litsft.data.collate import label_ranges
 from litsft.data.sampler import RowKey, StepBatchSampler
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
-from litsft.errors import LitSFTError
-from litsft.model.loss import learned_positions
-
-# Attention implementations that take our [B, 1, T, T] mask as is (GPT-2 supports no flex attention).
-MASK_FORMATS = ("sdpa", "eager")
 
 
 def pack_bins(lengths: np.ndarray, capacity: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -174,24 +169,3 @@ class PackedCollator:
         if "step_tokens" in rows[0]:
             batch["step_tokens"] = torch.tensor(float(rows[0]["step_tokens"]))
         return batch
-
-
-def block_causal_mask(position_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T] position ids (restarting at 0 for each row) -> a [B, 1, T, T] mask: causal within each row only.
-
-    `sdpa` takes a boolean mask (True = attend); `eager` adds it to the scores (0 or the dtype's minimum).
-    Built on the position ids' device with no device-to-host sync.
-    """
-    if attn_implementation not in MASK_FORMATS:
-        raise LitSFTError(
-            f"--data.packing needs the model's attention implementation to be one of {', '.join(MASK_FORMATS)} "
-            f"(got '{attn_implementation}'). Turn packing off, or load the model with attn_implementation='sdpa'."
-        )
-    width = position_ids.shape[-1]
-    row_id = (position_ids == 0).cumsum(-1)  # [B, T]: which packed row each token belongs to
-    same_row = row_id[:, :, None] == row_id[:, None, :]  # [B, T, T]
-    causal = torch.ones(width, width, dtype=torch.bool, device=position_ids.device).tril()
-    allowed = (same_row & causal)[:, None]  # [B, 1, T, T]
-    if attn_implementation == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -1,4 +1,5 @@
-"""Reading a user's prompts file (for sample generations, `predict` and `litsft.generate`).
+"""Prompts to answer: a user's prompts file (for sample generations, `predict` and `litsft.generate`), and
+the choice of validation rows the sample callback asks.
 
 Accepted: `.txt` (one instruction per non-empty line), `.json` (a list of strings or of objects) or `.jsonl`
 (one string or object per line). Objects carry `instruction` and optionally `input` (and `output`, shown as
@@ -9,6 +10,7 @@ reference answer). Every problem names the file, the row and the field.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +110,24 @@ def read_prompts(path: str | Path, flag: str = "--prompts_file") -> list[SampleP
     if not prompts:
         raise LitSFTError(f"{flag}: {path} holds no prompt. Add at least one instruction.")
     return prompts
+
+
+def choose_prompts(
+    rows: list[int],
+    source_prompts: Callable[[list[int]], list[SamplePrompt]],
+    count: int,
+    fits: Callable[[SamplePrompt], bool],
+) -> list[SamplePrompt]:
+    """The first `count` of the source rows `rows` (in that order) whose prompt `fits`, those with context first
+    (an `input`; chat: earlier turns). Chat prompts are the conversation up to its last assistant turn."""
+    chosen: list[SamplePrompt] = []
+    for want_context in (True, False):
+        for start in range(0, len(rows), 256):  # read in slices: stop early on a large validation set
+            for prompt in source_prompts(rows[start : start + 256]):
+                if not (prompt.instruction or prompt.messages):
+                    continue  # a conversation that opens with the assistant: nothing to ask
+                if bool(prompt.input or len(prompt.messages) > 1) == want_context and fits(prompt):
+                    chosen.append(prompt)
+                    if len(chosen) == count:
+                        return chosen
+    return chosen

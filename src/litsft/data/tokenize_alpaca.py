@@ -10,55 +10,10 @@ Since offsets increase along the sequence, the masked tokens are exactly a prefi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from litsft.batch import IGNORE_INDEX
+from litsft.data.progress import no_datasets_progress
+from litsft.data.row_counts import RowCounts
 from litsft.prompts import PromptTemplate
-from litsft.run.console import no_datasets_progress
-
-IGNORE_INDEX = -100
-
-
-@dataclass
-class RowCounts:
-    """What the data rules did to the rows; printed at setup and logged."""
-
-    rows: int = 0
-    """Source rows read."""
-    kept: int = 0
-    """Rows that train (or validate)."""
-    dropped: int = 0
-    """Rows with no response token left after truncation (the prompt alone fills max_seq_length)."""
-    truncated: int = 0
-    """Kept rows whose response end was cut to fit max_seq_length."""
-    eos_lost: int = 0
-    """Kept rows whose EOS was cut (the model does not see their end)."""
-    empty_output: int = 0
-    """Rows whose response is empty: they teach only the EOS (chat: rows with an empty assistant message)."""
-    format: str = "alpaca"
-    """'alpaca' (instruction rows) or 'messages' (conversations, `litsft.data.tokenize_chat`)."""
-    no_assistant: int = 0
-    """Conversations without an assistant message (dropped: nothing to learn)."""
-    control_tokens: int = 0
-    """Conversations with a control token (e.g. '<|im_end|>') written inside a message (dropped)."""
-    turns: int = 0
-    """Assistant turns learned, over the kept conversations."""
-    turns_cut: int = 0
-    """Assistant turns removed by truncation at a turn boundary."""
-
-    def describe(self) -> str:
-        if self.format == "messages":
-            return (
-                f"{self.rows:,} conversations read: {self.kept:,} kept, {self.dropped:,} dropped "
-                f"({self.no_assistant:,} without an assistant message, {self.control_tokens:,} with a control token "
-                f"inside a message, the rest with no assistant token within max_seq_length); {self.turns:,} assistant "
-                f"turns learned; {self.truncated:,} truncated ({self.turns_cut:,} later turns cut at turn boundaries, "
-                f"{self.eos_lost:,} cut inside a turn, losing its end-of-turn token); {self.empty_output:,} with an "
-                "empty assistant message"
-            )
-        return (
-            f"{self.rows:,} rows read: {self.kept:,} kept, {self.dropped:,} dropped (prompt fills max_seq_length), "
-            f"{self.truncated:,} truncated, {self.eos_lost:,} lost their EOS, {self.empty_output:,} with empty output"
-        )
 
 
 def tokenize_batch(
@@ -163,7 +118,6 @@ def process_rows(
         kept=len(keep),
         dropped=len(rows) - len(keep),
         truncated=sum(truncated[i] for i in keep),
-        eos_lost=sum(truncated[i] for i in keep),  # right truncation always cuts the EOS first
         empty_output=sum(empty),
     )
     kept = tokenized.select(keep) if len(keep) < len(rows) else tokenized

@@ -18,9 +18,9 @@ dropped and counted, as is a row without an assistant message or with a control 
 from __future__ import annotations
 
 from litsft.data.chat_format import ChatFormat, ChatRowError, trained_part
-from litsft.data.tokenize_alpaca import RowCounts
+from litsft.data.progress import no_datasets_progress
+from litsft.data.row_counts import RowCounts
 from litsft.errors import LitSFTError
-from litsft.run.console import no_datasets_progress
 
 OK, NO_ASSISTANT, CONTROL_TOKEN = 0, 1, 2
 
@@ -58,7 +58,7 @@ def tokenize_conversations(
     where: str = "",
 ) -> dict[str, list]:
     """Batch of conversations -> per row `input_ids`, `prompt_len`, `num_labels` (0: drop the row), `label_spans`,
-    `text` (the rendered conversation), and `truncated`, `eos_lost`, `status`, `empty_output`, `turns`, `turns_cut`.
+    `text` (the rendered conversation), and `truncated`, `cut_mid_turn`, `status`, `empty_output`, `turns`, `turns_cut`.
 
     `rows`: source indices for error messages (default: positions in the batch); `where`: the data's name.
     """
@@ -81,7 +81,7 @@ def tokenize_conversations(
         texts.append(text)
         char_spans.append(spans)
     enc = chat.tokenizer(texts, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
-    keys = ("input_ids", "prompt_len", "num_labels", "label_spans", "truncated", "eos_lost", "turns", "turns_cut")
+    keys = ("input_ids", "prompt_len", "num_labels", "label_spans", "truncated", "cut_mid_turn", "turns", "turns_cut")
     out: dict[str, list] = {key: [] for key in keys}
     for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], char_spans, strict=True):
         turns = token_ranges(offsets, spans)
@@ -98,7 +98,7 @@ def tokenize_conversations(
         # Position 0 is never a target (nothing precedes it).
         out["num_labels"].append(sum(max(0, b - max(a, 1)) for a, b in learned))
         out["truncated"].append(cut < full)
-        out["eos_lost"].append(mid)
+        out["cut_mid_turn"].append(mid)
         out["turns"].append(len(kept))
         out["turns_cut"].append(len(turns) - len(kept))
     out.update(status=status, empty_output=empty, text=texts)
@@ -120,7 +120,7 @@ def process_conversations(
             "num_labels": datasets.Value("int32"),
             "label_spans": datasets.Sequence(datasets.Value("int32")),
             "truncated": datasets.Value("bool"),
-            "eos_lost": datasets.Value("bool"),
+            "cut_mid_turn": datasets.Value("bool"),
             "status": datasets.Value("int8"),
             "empty_output": datasets.Value("bool"),
             "turns": datasets.Value("int32"),
@@ -145,14 +145,14 @@ def process_conversations(
         desc="Tokenizing conversations",
         load_from_cache_file=False,  # litsft keeps its own cache, keyed by the tokenizer and template
     )
-    flags = {k: tokenized[k][:] for k in ("num_labels", "truncated", "eos_lost", "status", "turns", "turns_cut")}
+    flags = {k: tokenized[k][:] for k in ("num_labels", "truncated", "cut_mid_turn", "status", "turns", "turns_cut")}
     keep = [i for i, n in enumerate(flags["num_labels"]) if n > 0]
     counts = RowCounts(
         rows=len(rows),
         kept=len(keep),
         dropped=len(rows) - len(keep),
         truncated=sum(flags["truncated"][i] for i in keep),
-        eos_lost=sum(flags["eos_lost"][i] for i in keep),
+        cut_mid_turn=sum(flags["cut_mid_turn"][i] for i in keep),
         empty_output=sum(tokenized["empty_output"][:]),
         format="messages",
         no_assistant=sum(s == NO_ASSISTANT for s in flags["status"]),
@@ -161,6 +161,6 @@ def process_conversations(
         turns_cut=sum(flags["turns_cut"][i] for i in keep),
     )
     kept = tokenized.select(keep) if len(keep) < len(rows) else tokenized
-    drop = ["truncated", "eos_lost", "status", "empty_output", "turns", "turns_cut"]
+    drop = ["truncated", "cut_mid_turn", "status", "empty_output", "turns", "turns_cut"]
     with no_datasets_progress():  # a copy in memory, instant after the Tokenizing bar
         return kept.remove_columns(drop).flatten_indices(), counts

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.batch import IGNORE_INDEX
 
 
 @contextmanager

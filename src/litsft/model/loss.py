@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.batch import IGNORE_INDEX
 from litsft.model.linear_cross_entropy import linear_cross_entropy_sum
 
 
@@ -64,17 +64,6 @@ def _head_loss_at(model, learned: torch.Tensor, targets: torch.Tensor):
         yield result
     finally:
         del head.forward
-
-
-def learned_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Flat indices into [B, T] of the positions t whose next token labels[:, t + 1] is learned: [N] long.
-
-    Computed in the collator (host side), so the loss can gather these positions on the device without the
-    device-to-host sync that indexing with a boolean mask costs (its count decides the output's shape).
-    """
-    learned = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
-    b, t = learned.nonzero(as_tuple=True)
-    return b * labels.shape[1] + t
 
 
 def at_learned(x: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:

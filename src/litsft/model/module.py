@@ -7,8 +7,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import SumMetric
 
-from litsft.data.packing import block_causal_mask
-from litsft.data.tokenize_alpaca import IGNORE_INDEX
+from litsft.batch import IGNORE_INDEX, Batch, is_right_padded
+from litsft.model.attention_mask import block_causal_mask
 from litsft.model.decoding import generate_ids
 from litsft.model.eos_accuracy import capture_head_output, eos_hits
 from litsft.model.loading import load_config, load_model
@@ -151,15 +151,13 @@ class SFTModule(LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
 
-    def _loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         attention_mask, position_ids = batch["attention_mask"], batch.get("position_ids")
         if position_ids is not None:  # packed rows (litsft.data.packing): causal attention within each row only
             attention_mask = block_causal_mask(
                 position_ids, self.model.config._attn_implementation, next(self.model.parameters()).dtype
             )
-        elif "loss_index" in batch:
-            # litsft's collators pad on the right, where causal attention never reaches the padding: no mask
-            # is needed, so the model can use its plain causal kernel (flash attention in SDPA on a GPU).
+        elif is_right_padded(batch):  # no mask needed: the model may use its plain causal kernel (litsft.batch)
             attention_mask = None
         return masked_ce_sum(
             self.model,
@@ -173,7 +171,7 @@ class SFTModule(LightningModule):
 
     # -- training -----------------------------------------------------------------------------------------
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss_sum, n = self._loss_sum(batch)
         self.train_loss.update(loss_sum, n)
         step_tokens = batch.get("step_tokens")
@@ -192,7 +190,7 @@ class SFTModule(LightningModule):
 
     # -- evaluation -----------------------------------------------------------------------------------------
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         with capture_head_output(self.model) as head_output:  # the loss forward's own logits, no second pass
             loss_sum, n = self._loss_sum(batch)
         self.val_loss.update(loss_sum, n)

@@ -16,7 +16,6 @@ import re
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -129,22 +128,6 @@ def quiet_libraries() -> None:
             return factory(*args, **kwargs)
 
         hf_logging.set_tqdm_hook(one_shard_quietly)
-
-
-@contextmanager
-def no_datasets_progress():
-    """No "Flattening the indices" / "Saving the dataset" bars while the tokenized rows are cached: seconds at most,
-    right after the "Tokenizing" bar that shows the long part. A user's HF_DATASETS_DISABLE_PROGRESS_BARS wins."""
-    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
-
-    if os.environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS") is not None or not is_progress_bar_enabled():
-        yield
-        return
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        enable_progress_bars()
 
 
 class ModelLineCallback(Callback):
