@@ -48,7 +48,8 @@ def main() -> None:
     from litsft.callbacks.samples import SEED_PROMPTS
     from litsft.data.datamodule import AlpacaDataModule
     from litsft.model.decoding import generate_ids
-    from litsft.model.eos_accuracy import capture_head_output, eos_hits
+    from litsft.model.eos_accuracy import eos_hits
+    from litsft.model.lm_head import capture_head_output
     from litsft.model.loss import masked_ce_sum
     from litsft.prompts import ALPACA
 

@@ -2,34 +2,16 @@
 
 A fine-tuned model that never learned to stop rambles until `max_new_tokens`. Loss alone hides this: the EOS
 is one token among ~100 per row. This counts, at every position whose target is the appended EOS, whether
-EOS is the argmax. The logits come from the validation loss's own forward (a forward hook on the LM head),
+EOS is the argmax. The logits come from the validation loss's own forward (`litsft.model.lm_head.capture_head_output`),
 so nothing runs twice and the training loss path is untouched. Argmax is unchanged by the monotone logit
 transforms some models apply after the head (soft-capping, scaling), so the head's raw output suffices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 
 from litsft.batch import IGNORE_INDEX
-
-
-@contextmanager
-def capture_head_output(model) -> Iterator[list[torch.Tensor]]:
-    """Collect what the LM head returns during the block: [N, V] (gathered head) or [B, T, V] (full)."""
-    captured: list[torch.Tensor] = []
-
-    def keep(module, args, output):
-        captured.append(output.detach())
-
-    handle = model.get_output_embeddings().register_forward_hook(keep)
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 def eos_hits(

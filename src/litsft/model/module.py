@@ -10,10 +10,11 @@ from torchmetrics.aggregation import SumMetric
 from litsft.batch import IGNORE_INDEX, Batch, is_right_padded
 from litsft.model.attention_mask import block_causal_mask
 from litsft.model.decoding import generate_ids
-from litsft.model.eos_accuracy import capture_head_output, eos_hits
+from litsft.model.eos_accuracy import eos_hits
+from litsft.model.lm_head import capture_head_output, head_can_be_gathered
 from litsft.model.loading import load_config, load_model
 from litsft.model.lora import LoraSettings, as_hparams, lora_settings
-from litsft.model.loss import head_can_be_gathered, masked_ce_sum
+from litsft.model.loss import masked_ce_sum
 from litsft.model.metrics import TokenMean
 from litsft.model.optim import check_optimizer_settings, param_groups, warmup_cosine
 
