@@ -1,9 +1,9 @@
 """The three ways to train one epoch that `throughput.py` compares, each run in its own process.
 
-- seed:   the seed tutorial's recipe: Hugging Face `Trainer`, batch 1 x accumulate 100, prompt masked with -100
-          labels, the model's own loss (full-vocabulary logits at every position).
-- raw:    a plain PyTorch loop over exactly litsft's batches (its sampler and collator, same seed) and its loss.
-- litsft: `python train.py fit` (in-process `cli_main`), timed by litsft's own throughput callback.
+- tutorial: the tutorial's recipe: Hugging Face `Trainer`, batch 1 x accumulate 100, prompt masked with -100
+            labels, the model's own loss (full-vocabulary logits at every position).
+- raw:      a plain PyTorch loop over exactly litsft's batches (its sampler and collator, same seed) and its loss.
+- litsft:   `python train.py fit` (in-process `cli_main`), timed by litsft's own throughput callback.
 All three read the same tokenized rows (litsft's cache, filled once by the parent), start from the same random
 weights (seeded) and use the same optimizer settings. Each prints one JSON line: token counts, seconds of the
 training loop, wall seconds (model and data setup included, imports excluded), peak memory and the last loss.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SEED_BATCH, SEED_ACCUMULATE = 1, 100
+TUTORIAL_BATCH, TUTORIAL_ACCUMULATE = 1, 100
 
 
 def peak_memory_mb(device: str) -> float:
@@ -50,13 +50,13 @@ def new_model(cfg: dict, device: str):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
 
 
-def seed_recipe(cfg: dict, device: str) -> dict:
+def tutorial_recipe(cfg: dict, device: str) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from litsft.data.tokenize_alpaca import labels_for
 
     dm = datamodule(cfg)
-    rows = dm.train_rows[: cfg["seed_rows"] or len(dm.train_rows)]
+    rows = dm.train_rows[: cfg["tutorial_rows"] or len(dm.train_rows)]
     examples = [
         {"input_ids": ids, "labels": labels_for(ids, p)} for ids, p in zip(rows["input_ids"], rows["prompt_len"])
     ]
@@ -72,8 +72,8 @@ def seed_recipe(cfg: dict, device: str) -> dict:
 
     clock = Clock()
     args = TrainingArguments(
-        output_dir=cfg["workdir"] + "/seed", per_device_train_batch_size=SEED_BATCH,
-        gradient_accumulation_steps=SEED_ACCUMULATE, num_train_epochs=1, learning_rate=cfg["lr"], weight_decay=0.0,
+        output_dir=cfg["workdir"] + "/tutorial", per_device_train_batch_size=TUTORIAL_BATCH,
+        gradient_accumulation_steps=TUTORIAL_ACCUMULATE, num_train_epochs=1, learning_rate=cfg["lr"], weight_decay=0.0,
         warmup_steps=cfg["warmup_ratio"], lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": cfg["min_lr_ratio"]}, max_grad_norm=1.0, logging_steps=10,
         save_strategy="no", report_to="none", use_cpu=device == "cpu", bf16=device == "cuda", seed=cfg["seed"],
@@ -184,8 +184,8 @@ def run(recipe: str, cfg: dict, extra: list[str]) -> None:
     """Child entry point: train one epoch with `recipe`, print one JSON line."""
     device = "cuda" if torch.cuda.is_available() and not cfg["cpu"] else "cpu"
     start = time.perf_counter()
-    if recipe == "seed":
-        result = seed_recipe(cfg, device)
+    if recipe == "tutorial":
+        result = tutorial_recipe(cfg, device)
     elif recipe == "raw":
         result = raw_loop(cfg, device)
     else:

@@ -4,7 +4,7 @@
     python benchmarks/sample_round.py --busy 2        # next to 2 other CPU-bound processes (a shared machine)
     python benchmarks/sample_round.py --shape distilgpt2 --repeats 3
 
-The callback's default work: the seed's two prompts plus three validation rows with their input, Alpaca template,
+The callback's default work: the tutorial's two prompts plus three validation rows with their input, Alpaca template,
 greedy, 128 new tokens, batch 8, on a GPT-2 with random weights (it never emits EOS: every answer runs to 128
 tokens, 640 in all). Default shape: 2 layers x 64 wide with the real 50,257-token vocabulary (3.4M parameters).
 "before": generation on the process's intra-op threads (what the callback did); "after": on one thread.

@@ -1,11 +1,11 @@
-"""One epoch, three ways, same rows/model/hyperparameters: the seed recipe, a raw PyTorch loop, and litsft.
+"""One epoch, three ways, same rows/model/hyperparameters: the tutorial recipe, a raw PyTorch loop, and litsft.
 
     python benchmarks/throughput.py                        # CPU: small GPT-2 (vocab 50,257), 2,000 real rows
     python benchmarks/throughput.py --variants packed,compiled,full-head,workers0   # extra litsft rows
     python benchmarks/throughput.py --recipes litsft --variants lora   # LoRA against full fine-tuning
-    python benchmarks/throughput.py --model distilgpt2 --rows 52000 --seed-rows 5000   # GPU (bf16-mixed)
+    python benchmarks/throughput.py --model distilgpt2 --rows 52000 --tutorial-rows 5000   # GPU (bf16-mixed)
 
-(a) seed: Hugging Face Trainer, batch 1 x accumulate 100, prompt masked (the tutorial's recipe);
+(a) tutorial: Hugging Face Trainer, batch 1 x accumulate 100, prompt masked (the tutorial's recipe);
 (b) raw: a plain PyTorch loop over the same batches as litsft (same sampler, collator, seed and loss);
 (c) litsft: `python train.py fit` (cli_main in a fresh process).
 Each runs in its own process (peak memory is per process), after the rows were tokenized once into a shared
@@ -57,7 +57,7 @@ def prepare(args, workdir: Path) -> dict:
         "data": str(data), "model_dir": str(model_dir), "template": args.template, "workdir": str(workdir),
         "max_seq_length": args.max_seq_length, "batch_size": args.batch_size, "accumulate": args.accumulate,
         "lr": args.lr, "warmup_ratio": 0.03, "min_lr_ratio": 0.1, "seed": 42, "workers": args.workers,
-        "cache": str(workdir / "cache"), "seed_rows": args.seed_rows, "cpu": args.cpu, "note": note,
+        "cache": str(workdir / "cache"), "tutorial_rows": args.tutorial_rows, "cpu": args.cpu, "note": note,
         "tokenizer_note": cfg_note, "vocab": vocab,
     }  # fmt: skip
     dm = AlpacaDataModule(
@@ -72,13 +72,13 @@ def prepare(args, workdir: Path) -> dict:
     return cfg
 
 
-def row(label: str, r: dict, seed: dict | None, raw: dict | None) -> str:
+def row(label: str, r: dict, tutorial: dict | None, raw: dict | None) -> str:
     sup, tot = r["supervised_tokens"] / r["seconds"], r["total_tokens"] / r["seconds"]
     pad = 1 - r["total_tokens"] / r["token_slots"]
     ratio = lambda base: f"{sup / (base['supervised_tokens'] / base['seconds']):.2f}x" if base else "-"  # noqa: E731
     return (
         f"{label:<36} {sup:>10,.0f} {tot:>11,.0f} {pad:>7.1%} {r['seconds']:>8.1f} {r['wall']:>7.1f} "
-        f"{r['peak_mb']:>8,.0f} {ratio(seed):>8} {ratio(raw):>7}"
+        f"{r['peak_mb']:>8,.0f} {ratio(tutorial):>8} {ratio(raw):>7}"
     )
 
 
@@ -96,8 +96,10 @@ def main() -> None:
     parser.add_argument("--accumulate", type=int, default=4, help="micro-batches per step (raw loop and litsft)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (raw loop and litsft)")
-    parser.add_argument("--seed-rows", type=int, default=None, help="train the seed recipe on the first N rows only")
-    parser.add_argument("--recipes", default="seed,raw,litsft")
+    parser.add_argument(
+        "--tutorial-rows", type=int, default=None, help="train the tutorial recipe on the first N rows only"
+    )
+    parser.add_argument("--recipes", default="tutorial,raw,litsft")
     parser.add_argument("--variants", default="", help=f"extra litsft rows: {','.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=1, help="run every recipe N times (interleaved), keep the best")
     parser.add_argument("--cpu", action="store_true", help="CPU even when a GPU is present")
@@ -125,12 +127,13 @@ def main() -> None:
             "random init"
         )
         print(
-            f"hyperparameters: lr {args.lr}, warmup 3%, cosine to 10%, clip 1.0; seed recipe batch 1 x accumulate "
-            f"100{f' on the first {args.seed_rows:,} rows' if args.seed_rows else ''}; raw loop and litsft batch "
+            f"hyperparameters: lr {args.lr}, warmup 3%, cosine to 10%, clip 1.0; tutorial recipe batch 1 x "
+            f"accumulate 100{f' on the first {args.tutorial_rows:,} rows' if args.tutorial_rows else ''}; raw loop and "
+            "litsft batch "
             f"{args.batch_size} x accumulate {args.accumulate}, {args.workers} workers"
         )
         packed_batch = max(1, round(args.batch_size * cfg["mean_len"] / args.max_seq_length))
-        jobs = [(name, label, []) for name, label in (("seed", "(a) seed: HF Trainer, 1 x 100"),
+        jobs = [(name, label, []) for name, label in (("tutorial", "(a) tutorial: HF Trainer, 1 x 100"),
                                                       ("raw", "(b) raw PyTorch loop, same batches"),
                                                       ("litsft", "(c) litsft: train.py fit"))
                 if name in args.recipes.split(",")]  # fmt: skip
@@ -138,7 +141,7 @@ def main() -> None:
             label, flags = VARIANTS[name]
             jobs.append((name, "    " + label, [f.format(packed_batch=packed_batch) for f in flags]))
         header = f"{'recipe':<36} {'sup tok/s':>10} {'total tok/s':>11} {'padding':>7} {'train s':>8} {'wall s':>7}"
-        print(f"{header} {'peak MB':>8} {'vs seed':>8} {'vs raw':>7}")
+        print(f"{header} {'peak MB':>8} {'vs tutorial':>8} {'vs raw':>7}")
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in jobs}
         for _ in range(args.repeats):  # interleaved, so a burst of load elsewhere hits one run of each, not all
             for name, label, flags in jobs:
@@ -147,8 +150,8 @@ def main() -> None:
         rate = lambda r: r["supervised_tokens"] / r["seconds"]  # noqa: E731
         results = {name: max(rs, key=rate) for name, rs in runs.items()}  # the best run: the least disturbed
         for name, label, _ in jobs:
-            baseline = name not in ("seed", "raw")  # ratios are litsft's: to the seed recipe and to the raw loop
-            print(row(label, results[name], results.get("seed"), results.get("raw") if baseline else None))
+            baseline = name not in ("tutorial", "raw")  # ratios are litsft's: to the tutorial recipe and the raw loop
+            print(row(label, results[name], results.get("tutorial"), results.get("raw") if baseline else None))
         litsft_jobs = [(label, results[name]) for name, label, _ in jobs if "trainable_params" in results[name]]
         if any(r["trainable_params"] < r["params"] for _, r in litsft_jobs):  # LoRA: what is trained and saved
             print(f"{'recipe':<36} {'trainable':>11} {'of params':>11} {'share':>7} {'checkpoint MB':>14}")
@@ -174,8 +177,8 @@ def summarize(results: dict, gpu: bool) -> None:
         return
     lit = results["litsft"]
     checks = []
-    if "seed" in results:
-        checks.append(("litsft / seed", rate("litsft") / rate("seed"), 10.0 if gpu else 2.0))
+    if "tutorial" in results:
+        checks.append(("litsft / tutorial", rate("litsft") / rate("tutorial"), 10.0 if gpu else 2.0))
     if "raw" in results:
         checks.append(("litsft / raw loop", rate("litsft") / rate("raw"), 0.95))
     for name, value, target in checks:

@@ -6,7 +6,7 @@
 1. A validation pass computing the loss alone (the baseline) against the same pass also computing
    `val/eos_acc` from the loss forward's own logits (a forward hook on the LM head), A/B interleaved,
    medians. GPT-2's real vocabulary (50,257; the argmax is over it) when ../shared/data has the tokenizer.
-2. One round of the sample callback's default work: the seed's two prompts plus three validation rows,
+2. One round of the sample callback's default work: the tutorial's two prompts plus three validation rows,
    `max_new_tokens` 128, greedy, on a distilgpt2-shaped model with random weights (which never emits EOS:
    the worst case, every answer runs to 128 tokens). Use it to choose `--samples.max_time`.
 """

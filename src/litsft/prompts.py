@@ -59,7 +59,7 @@ ALPACA = PromptTemplate(
     ),
 )
 
-# The seed tutorial's format, byte for byte: `instr + (": " + inp if inp else "")`, the output appended directly
+# The tutorial's format, byte for byte: `instr + (": " + inp if inp else "")`, the output appended directly
 # after it. So a row without input reads "Give three tips for staying healthy.1.Eat a balanced diet...": no
 # separator at all. Kept for comparisons with that tutorial; `alpaca` is the better template (its prompt ends on
 # a clean "\n" boundary).
