@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU side of issue 5 in one script, for a machine with one CUDA GPU (about 5 minutes on an H100):
+# The GPU throughput checks in one script, for a machine with one CUDA GPU (about 5 minutes on an H100):
 #   bash benchmarks/gpu.sh [OUT_DIR]
 # 1. the GPU tests (MFU logged from the device's peak, bf16-mixed);
 # 2. the side-by-side benchmark at the distilgpt2 shape, bf16-mixed: tutorial recipe (on its first 5,000 rows:

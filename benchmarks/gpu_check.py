@@ -1,4 +1,4 @@
-"""Scale-out GPU check (issue 6), one prepared script for one CUDA GPU (about 3 minutes on an H100):
+"""Scale-out GPU check, one prepared script for one CUDA GPU (about 3 minutes on an H100):
 
     python benchmarks/gpu_check.py --out /tmp/gpu_check          # on the GPU machine
     python benchmarks/gpu_check.py --dry-run                      # here: tiny model, CPU, to check the script

@@ -1,4 +1,4 @@
-"""One round of sample generations, before and after `--samples.cpu_threads 1`, side by side (issue 9).
+"""One round of sample generations, before and after `--samples.cpu_threads 1`, side by side.
 
     python benchmarks/sample_round.py                 # as the machine is now
     python benchmarks/sample_round.py --busy 2        # next to 2 other CPU-bound processes (a shared machine)

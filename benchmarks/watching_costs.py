@@ -1,4 +1,4 @@
-"""What watching a run costs (issue 3): `val/eos_acc` on top of the validation loss, and one round of samples.
+"""What watching a run costs: `val/eos_acc` on top of the validation loss, and one round of samples.
 
     python benchmarks/watching_costs.py                     # CPU: about a minute
     python benchmarks/watching_costs.py --repeats 9 --val_rows 256

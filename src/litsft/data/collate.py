@@ -21,7 +21,7 @@ class SFTCollator:
 
     Labels come from each row's `prompt_len` (or a chat row's `label_spans`), never from
     `input_ids != pad_token_id`: GPT-2's pad is its EOS,
-    and comparing against it would mask the learned EOS (trl#1623). Padding is on the right, labels -100 there.
+    and comparing against it would mask the learned EOS. Padding is on the right, labels -100 there.
     `step_tokens` (learned tokens in the whole optimizer step, all ranks) is present when the rows carry it.
     `loss_index` [N] long: where the loss is computed (`litsft.batch.learned_positions`), found here on the host
     so the device never waits for it; its presence also tells the model the batch is right-padded.

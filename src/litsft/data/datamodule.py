@@ -68,8 +68,8 @@ class AlpacaDataModule(LightningDataModule):
         Args:
             dataset: A hub dataset id, a local .json/.jsonl/.parquet/.csv file, or a `save_to_disk` folder.
             tokenizer_name_or_path: Tokenizer to use; linked from the model's name by the CLI (set it there).
-            prompt_template: 'alpaca' (Stanford, with and without input) or 'plain' (the tutorial's: `instruction: input`,
-                or the instruction alone without input, then the output directly).
+            prompt_template: 'alpaca' (Stanford, with and without input) or 'plain' (the seed tutorial's:
+                `instruction: input`, or the instruction alone without input, then the output directly).
             max_seq_length: Tokens per row after templating; longer rows lose the end of their response.
             mask_prompt: Learn only the response (and EOS) tokens. False learns the prompt too.
             val_size: Validation rows: a count (int) or a fraction of the rows (float); 0 disables validation.

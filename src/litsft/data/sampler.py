@@ -2,7 +2,7 @@
 
 Why the tag: the exact SFT loss of an optimizer step is (sum of token losses) / (learned tokens in the step),
 summed over all gradient-accumulation micro-batches and all ranks, as one large batch would give. Averaging
-per-micro-batch means instead over-weights short rows (only torchtune gets this right). Every rank can
+per-micro-batch means instead over-weights the tokens of micro-batches with few learned tokens. Every rank can
 compute the step's global token count itself, because every rank derives the same global order from the
 seed: no collective, so it works under DDP, FSDP and DeepSpeed alike.
 

@@ -1,9 +1,9 @@
 """Template + tokenize + mask, one row at a time in spirit, batched for speed.
 
 Each row becomes one token sequence `prompt + response + EOS`, tokenized in ONE call so BPE merges across the
-prompt/response seam are the tokenizer's own (tokenizing the two apart shifts the boundary, trl#598). Which
+prompt/response seam are the tokenizer's own (tokenizing the two apart can shift the boundary). Which
 tokens are learned is decided from character offsets: a token is learned when it covers at least one
-character of the response; the appended EOS is always learned, so the model learns to stop (trl#1623).
+character of the response; the appended EOS is always learned, so the model learns to stop.
 Since offsets increase along the sequence, the masked tokens are exactly a prefix: we store its length
 (`prompt_len`) instead of a label list, and the collator expands it.
 """
@@ -77,7 +77,7 @@ def process_rows(
     """Checked rows (a `datasets.Dataset`) -> (kept rows with `row`, `input_ids`, `prompt_len`, `num_labels`, counts).
 
     Rows with no learned token left are dropped and counted, never trained on: a row with zero learned tokens
-    would otherwise divide by zero somewhere (the NaN loss of trl#1053).
+    would otherwise divide by zero somewhere (a NaN loss).
     """
     import datasets
 

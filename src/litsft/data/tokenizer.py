@@ -26,6 +26,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, flag: str = "--mo
         )
     if tokenizer.pad_token_id is None:
         # Padding positions are masked by attention_mask and labels=-100, so which id pads does not matter;
-        # labels are never derived from `input_ids != pad_token_id` (that would unlearn EOS, trl#1623).
+        # labels are never derived from `input_ids != pad_token_id` (that would unlearn EOS).
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

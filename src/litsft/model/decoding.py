@@ -1,6 +1,6 @@
 """Batched greedy/sampled generation from prompt token ids, left-padded, stopping at EOS, with a time limit.
 
-Right-padded prompts make a decoder continue after pad tokens and garble the answers (transformers#34842),
+Right-padded prompts make a decoder continue after pad tokens and garble the answers,
 so prompts are left-padded here, whatever padding side the training tokenizer uses; the tokenizer itself
 is never modified (we pad token ids, not text).
 
