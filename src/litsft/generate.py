@@ -48,7 +48,7 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_model(name: str, flag: str, dtype_name: str = "auto", seed: int = 0):
+def load_for_generation(name: str, flag: str, dtype_name: str = "auto", seed: int = 0):
     """A causal LM from a hub id or folder. A folder with a config but no weights gets random weights (warned)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace, out=None) -> list[dict]:
     answers: dict[str, list[Answer]] = {}
     for role, name in models:
         flag = "--model" if role == "fine-tuned" else "--compare"
-        model = load_model(name, flag, args.dtype, args.seed)  # first: "not a model" is the clearer message
+        model = load_for_generation(name, flag, args.dtype, args.seed)  # first: "not a model" is the clearer message
         tokenizer = load_tokenizer_for(name, None if role == "fine-tuned" else args.model, flag)
         if torch.cuda.is_available():
             model = model.cuda()

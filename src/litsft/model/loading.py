@@ -111,7 +111,7 @@ def check_weights(name: str) -> None:
         )
 
 
-def load_model(name: str, config, trust_remote_code: bool = False):
+def load_pretrained(name: str, config, trust_remote_code: bool = False):
     """The pretrained causal LM in fp32 (mixed precision comes from the Trainer).
 
     Loading runs no code from the files: safetensors when the folder has them, else `torch.load` with

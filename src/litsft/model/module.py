@@ -12,7 +12,7 @@ from litsft.model.attention_mask import block_causal_mask
 from litsft.model.decoding import generate_ids
 from litsft.model.eos_accuracy import eos_hits
 from litsft.model.lm_head import capture_head_output, head_can_be_gathered
-from litsft.model.loading import load_config, load_model
+from litsft.model.loading import load_config, load_pretrained
 from litsft.model.lora import LoraSettings, as_hparams, lora_settings
 from litsft.model.loss import masked_ce_sum
 from litsft.model.metrics import TokenMean
@@ -109,7 +109,7 @@ class SFTModule(LightningModule):
                 self.hf_config, trust_remote_code=hp.trust_remote_code, dtype=torch.float32
             )
         else:
-            model = load_model(hp.model_name_or_path, self.hf_config, hp.trust_remote_code)  # fp32, no code run
+            model = load_pretrained(hp.model_name_or_path, self.hf_config, hp.trust_remote_code)  # fp32, no code run
             model.train()  # from_pretrained returns eval mode; evaluation loops switch to eval themselves
         if hp.gradient_checkpointing:
             model.config.use_cache = False
