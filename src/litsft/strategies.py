@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from litsft.atomic_files import replace_folder, temporary_folder_beside
+from litsft.lightning_compat import saves_distributed_checkpoint, set_data_parallel_size
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -42,7 +43,7 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def setup_environment(self) -> None:
         # Every process is a data-parallel rank (the parent class would default to one per node).
-        self._data_parallel_size = self.num_nodes * self.num_processes
+        set_data_parallel_size(self, self.num_nodes * self.num_processes)
         super().setup_environment()
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
@@ -88,7 +89,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         """A sharded checkpoint (a folder of shards) is written into a temporary folder beside its target, then
         swapped in whole: a crash during the save leaves the previous checkpoint as it was. One file: through
         the strategy's CheckpointIO (atomic too, see litsft.run.checkpoint_io)."""
-        if not self._save_distributed_checkpoint or storage_options is not None:
+        if not saves_distributed_checkpoint(self) or storage_options is not None:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         target = Path(self.broadcast(filepath))
         tmp = Path(self.broadcast(str(temporary_folder_beside(target)) if self.global_rank == 0 else None))

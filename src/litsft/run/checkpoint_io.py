@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 
 from litsft.atomic_files import write_bytes
+from litsft.lightning_compat import configured_checkpoint_io, is_local_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` with an atomic, durable local write."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
@@ -37,6 +37,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def use_atomic_checkpoints(trainer) -> None:
     """Make the trainer's strategy write checkpoints atomically, unless the user configured a CheckpointIO."""
     strategy = trainer.strategy
-    current = getattr(strategy, "_checkpoint_io", None)
+    current = configured_checkpoint_io(strategy)
     if current is None or type(current) is TorchCheckpointIO:
         strategy.checkpoint_io = AtomicCheckpointIO()
