@@ -89,6 +89,39 @@ def test_accumulation_is_token_exact(alpaca_file, tmp_path):
     assert len({len(r["output"]) for r in __import__("json").loads(alpaca_file.read_text())[:8]}) > 1
 
 
+class StepLossReader(pl.Callback):
+    """Reads `SFTModule.step_loss` before the module's own `on_before_optimizer_step` (callbacks run first) and at
+    every batch end (after it)."""
+
+    def __init__(self):
+        self.before_update, self.batch_ends, self.logged = [], [], []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before_update.append(float(pl_module.step_loss()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batch_ends.append(float(pl_module.step_loss()))
+        self.logged.append(float(trainer.callback_metrics["train/loss"]) if "train/loss" in trainer.callback_metrics
+                           else None)  # fmt: skip
+
+
+def test_step_loss_is_the_whole_steps_loss_in_any_hook_order(alpaca_file, tmp_path):
+    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
+    assert module.step_loss() is None  # no training step yet
+    reader = StepLossReader()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False, callbacks=[reader],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule(alpaca_file, tmp_path, batch_size=2))
+    assert len(reader.before_update) == 2 and len(reader.batch_ends) == 4
+    # read before the module logs it and after: the same value, the one logged as train/loss
+    assert reader.batch_ends[1] == reader.before_update[0] == reader.logged[1]
+    assert reader.batch_ends[3] == reader.before_update[1] == reader.logged[3]
+    assert reader.batch_ends[2] != reader.batch_ends[3]  # the next step's first micro-batch starts a new sum
+
+
 def test_optimizer_groups_and_schedule():
     from litsft.model.optim import param_groups, warmup_cosine
 

@@ -29,7 +29,7 @@ def test_counts_are_those_of_the_actual_tokens(collate):
 def test_counting_a_batch_never_reads_device_values(monkeypatch):
     """Between two logs the callback only adds on the device: no .item(), .tolist(), .cpu(), bool() or int()."""
     callback = ThroughputCallback(log_every_n_steps=10)
-    module = SimpleNamespace(device=torch.device("cpu"), hf_config=None, model=None, _gather_head=True)
+    module = SimpleNamespace(device=torch.device("cpu"), hf_config=None, gather_head=True, adapter_params=0)
     trainer = SimpleNamespace(
         global_step=0, log_every_n_steps=50, loggers=[], precision="32-true", world_size=1,
         strategy=SimpleNamespace(root_device=torch.device("cpu"), reduce=lambda t, reduce_op=None: t),
@@ -43,9 +43,11 @@ def test_counting_a_batch_never_reads_device_values(monkeypatch):
     for name in ("item", "tolist", "cpu", "__bool__", "__int__", "__float__", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     for step in range(1, 10):  # optimizer steps 1..9: no log due before step 10
+        callback.on_train_batch_start(trainer, module, batch, step)
         trainer.global_step = step
         callback.on_train_batch_end(trainer, module, None, batch, step)
     monkeypatch.undo()
+    callback.on_train_batch_start(trainer, module, batch, 10)
     trainer.global_step = 10
     callback.on_train_batch_end(trainer, module, None, batch, 10)  # the log: one read of the counts
     assert callback.last_metrics["train/tokens_per_sec"] > 0

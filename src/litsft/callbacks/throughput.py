@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from litsft.batch import IGNORE_INDEX
+from litsft.callbacks.step_boundary import StepBoundary
 from litsft.model.flops import ModelShape, compute_dtype, peak_flops, training_flops
 
 # Device counters, in this order: learned tokens, real (non-padding) tokens, causal attention pairs, LM-head
@@ -63,6 +64,8 @@ class ThroughputCallback(Callback):
         self.peak_flops = peak_flops
         self.summary: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
+        self._boundary = StepBoundary()
+        self._validation_start: float | None = None
 
     # -- setup ----------------------------------------------------------------------------------------------
 
@@ -75,21 +78,20 @@ class ThroughputCallback(Callback):
         self._window_slots = 0
         self._batches_in_window = 0
         self._every = self.log_every_n_steps or trainer.log_every_n_steps or 1
-        self._last_step = trainer.global_step
         self._excluded = self._excluded_total = 0.0  # seconds spent in validation: since the last log, in all
-        self._gather_head = bool(getattr(pl_module, "_gather_head", False))
+        self._gather_head = bool(pl_module.gather_head)
         self._shape, self._peak = self._flop_setup(trainer, pl_module)
         self._start = self._window_start = time.perf_counter()
         self.summary = {}
 
     def _flop_setup(self, trainer: Trainer, pl_module: LightningModule) -> tuple[ModelShape | None, float | None]:
-        config = getattr(pl_module, "hf_config", None) or getattr(getattr(pl_module, "model", None), "config", None)
+        config = pl_module.hf_config
         try:
             shape = ModelShape.from_config(config)
         except ValueError as err:
             rank_zero_info(f"litsft: train/mfu is not logged: no FLOP count for this model ({err}).")
             return None, None
-        adapters = getattr(pl_module, "adapter_params", 0)  # LoRA: frozen base, trainable adapters
+        adapters = pl_module.adapter_params  # LoRA: frozen base, trainable adapters
         if adapters:
             shape = shape.with_adapters(adapters)
         device = trainer.strategy.root_device
@@ -107,6 +109,9 @@ class ThroughputCallback(Callback):
 
     # -- counting (no host sync) ----------------------------------------------------------------------------
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self._boundary.batch_started(trainer)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         if not self.enabled:
             return
@@ -114,9 +119,7 @@ class ThroughputCallback(Callback):
         self._counts += counts
         self._slots += slots
         self._batches_in_window += 1
-        stepped = trainer.global_step != self._last_step
-        self._last_step = trainer.global_step
-        if stepped and trainer.global_step % self._every == 0:
+        if self._boundary.step_ended(trainer) and trainer.global_step % self._every == 0:
             self._log_window(trainer)
 
     # Validation inside `fit` pauses the clock: the rates are those of training.
@@ -125,9 +128,8 @@ class ThroughputCallback(Callback):
             self._validation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        start = getattr(self, "_validation_start", None)
-        if start is not None:
-            seconds = time.perf_counter() - start
+        if self._validation_start is not None:
+            seconds = time.perf_counter() - self._validation_start
             self._excluded += seconds
             self._excluded_total += seconds
             self._validation_start = None

@@ -8,6 +8,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import SumMetric
 
 from litsft.batch import IGNORE_INDEX, Batch, is_right_padded
+from litsft.lightning_compat import attached_trainer, data_parallel_mesh
 from litsft.model.attention_mask import block_causal_mask
 from litsft.model.decoding import generate_ids
 from litsft.model.eos_accuracy import eos_hits
@@ -91,8 +92,13 @@ class SFTModule(LightningModule):
         # the context length that the CLI checks against --data.max_seq_length.
         self.hf_config = load_config(model_name_or_path, trust_remote_code, config_overrides, dropout)
         self.model = None
-        # Token-weighted over all micro-batches (and ranks at compute), no host sync per step.
+        self.gather_head = False
+        """Whether the LM head runs at learned positions only: `--model.gather_head`, where the model allows it (set
+        by `configure_model`)."""
+        # The loss of the optimizer step in progress: token-weighted over its micro-batches (and ranks at compute), no
+        # host sync per micro-batch. Emptied by the first micro-batch of the next step (`step_loss`).
         self.train_loss = TokenMean()
+        self._train_loss_step: int | None = None  # the global step whose micro-batches `train_loss` holds
         self.val_loss = TokenMean()
         # val/eos_acc: EOS targets predicted as argmax / EOS targets, over the whole set and all ranks.
         self.val_eos_hits = SumMetric(nan_strategy="disable")
@@ -124,18 +130,20 @@ class SFTModule(LightningModule):
             self.base_fingerprint = weights_fingerprint(model)
             model = apply_lora(model, self.lora)
             rank_zero_info(describe(model, self.lora))
-        if self._device_mesh is not None:  # FSDP2 (litsft.strategies.FSDP2Strategy / ModelParallelStrategy)
+        mesh = data_parallel_mesh(self)
+        if mesh is not None:  # FSDP2 (litsft.strategies.FSDP2Strategy / ModelParallelStrategy)
             from litsft.model.sharding import apply_fsdp2
 
             # bf16-mixed: all-gather and compute in bf16 (half the traffic), reduce gradients in fp32.
-            bf16 = self._trainer is not None and str(self.trainer.precision) == "bf16-mixed"
-            apply_fsdp2(model, self._device_mesh["data_parallel"], torch.bfloat16 if bf16 else None)
+            trainer = attached_trainer(self)
+            bf16 = trainer is not None and str(trainer.precision) == "bf16-mixed"
+            apply_fsdp2(model, mesh, torch.bfloat16 if bf16 else None)
         if hp.torch_compile:
             from litsft.model.compilation import compile_blocks
 
             compile_blocks(model)
         self.model = model
-        self._gather_head = hp.gather_head and head_can_be_gathered(model)
+        self.gather_head = hp.gather_head and head_can_be_gathered(model)
         if self.lora is not None:
             trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
             self.adapter_params = sum(p.numel() for _, p in trainable)  # global counts, also when sharded
@@ -165,7 +173,7 @@ class SFTModule(LightningModule):
             batch["input_ids"],
             attention_mask,
             batch["labels"],
-            gather_head=self._gather_head,
+            gather_head=self.gather_head,
             position_ids=position_ids,
             loss_index=batch.get("loss_index"),
         )
@@ -174,6 +182,9 @@ class SFTModule(LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss_sum, n = self._loss_sum(batch)
+        if self._train_loss_step != self.trainer.global_step:  # the first micro-batch of an optimizer step
+            self.train_loss.reset()
+            self._train_loss_step = self.trainer.global_step
         self.train_loss.update(loss_sum, n)
         step_tokens = batch.get("step_tokens")
         if step_tokens is None:  # a batch from elsewhere: fall back to this micro-batch's own token count
@@ -183,11 +194,20 @@ class SFTModule(LightningModule):
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches
         return loss_sum * (scale / step_tokens.clamp(min=1))
 
+    def step_loss(self) -> torch.Tensor | None:
+        """The loss of the current optimizer step (from its first micro-batch until the next step's first): the mean
+        cross-entropy over all its learned tokens, all micro-batches so far and all ranks. A scalar on the device;
+        None before the first training step.
+
+        Every rank must call it at the same point (it all-reduces, once per step: torchmetrics keeps the result
+        until the next micro-batch). `on_before_optimizer_step` gives the whole step's, in any hook order.
+        """
+        return self.train_loss.compute() if self.train_loss.update_count > 0 else None
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # All micro-batches of this step are in: log the step's exact loss (synced over ranks by torchmetrics).
-        self.log("train/loss", self.train_loss.compute(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", self.step_loss(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
-        self.train_loss.reset()
 
     # -- evaluation -----------------------------------------------------------------------------------------
 
@@ -202,7 +222,7 @@ class SFTModule(LightningModule):
     def _eos_token_id(self) -> int | list[int]:
         """The token(s) that end a learned answer: the datamodule's (EOS; chat: end of turn and EOS), else the
         model config's EOS."""
-        datamodule = getattr(self._trainer, "datamodule", None)
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         stops = getattr(datamodule, "stop_token_ids", None)
         if stops is not None:
             return stops
