@@ -8,21 +8,22 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from litsft.atomic_files import disk_full_in_chain, explain_disk_full
 from litsft.callbacks.data_audit import DataAuditCallback
 from litsft.callbacks.export import ExportCallback
-from litsft.callbacks.interrupt import InterruptCallback, report_stop
+from litsft.callbacks.graceful_stop import GracefulStopCallback, report_stop
 from litsft.callbacks.nonfinite import NonFiniteLossCallback
 from litsft.callbacks.prediction_writer import PredictionWriter
+from litsft.callbacks.rng_state import RngStateCallback
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.callbacks.throughput import ThroughputCallback
 from litsft.callbacks.validation_schedule import ValidationSchedule
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
+from litsft.lightning_compat import LightningCLIHooks
 from litsft.model.module import SFTModule
 from litsft.run.checkpoint_io import use_atomic_checkpoints
 from litsft.run.cli_help import HelpFormatter, parser_kwargs, retitle_trainer_group
@@ -137,7 +138,7 @@ def choose_validation_schedule(config) -> None:
     schedule.enabled = False  # Lightning's val_check_interval / check_val_every_n_epoch, as given
 
 
-class SFTCLI(LightningCLI):
+class SFTCLI(LightningCLIHooks):
     checks_model = True  # the preflight check loads the model's config (preview needs only the data side)
 
     def add_core_arguments_to_parser(self, parser) -> None:
@@ -148,7 +149,7 @@ class SFTCLI(LightningCLI):
         parser.add_lightning_class_args(SampleGenerationCallback, "samples")  # always on: --samples.enabled false
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.add_lightning_class_args(NonFiniteLossCallback, "nonfinite")  # NaN/inf loss: stop, or skip
-        parser.add_lightning_class_args(InterruptCallback, "interrupt")  # SIGTERM/Ctrl-C: last.ckpt, exact resume
+        parser.add_lightning_class_args(GracefulStopCallback, "interrupt")  # SIGTERM/Ctrl-C: stop, save last.ckpt
         parser.add_lightning_class_args(ThroughputCallback, "throughput")  # always on: --throughput.enabled false
         parser.add_lightning_class_args(ValidationSchedule, "validation")  # ~10 validations per run, step-aligned
         parser.add_lightning_class_args(PredictionWriter, "predictions")  # `predict` -> JSONL
@@ -190,7 +191,7 @@ class SFTCLI(LightningCLI):
         super().instantiate_classes()
         use_atomic_checkpoints(self.trainer)  # temp file beside the target, fsync, rename
 
-    def _parse_ckpt_path(self) -> None:
+    def on_ckpt_path(self) -> None:
         # LightningCLI opens --ckpt_path right after parsing, to take the model's hyperparameters from it. First
         # resolve `last` (the newest last.ckpt of this run's checkpoint folders: Lightning would look in this run's new
         # logger version only) and check the file, so a wrong path or file is one message, not a torch.load trace.
@@ -204,7 +205,7 @@ class SFTCLI(LightningCLI):
         # Lightning would put the checkpoint's model hyperparameters over this run's flags: for `fit` they are
         # compared instead (before_fit), so a changed flag takes effect or is refused, never silently replaced.
         if weights_only and subcommand != "fit":  # Lightning reads the hyperparameters with weights_only=True
-            super()._parse_ckpt_path()
+            self.hparams_from_ckpt_path()
             if subcommand in ("validate", "test", "predict") and self.config[subcommand].get("ckpt_path"):
                 self._data_from_checkpoint(subcommand)
 
@@ -231,13 +232,12 @@ class SFTCLI(LightningCLI):
             shown = ", ".join(f"{key}={value!r}" for key, value in taken.items())
             rank_zero_info(f"litsft: data settings of the checkpoint (pass --data.* to change them): {shown}")
 
-    def _set_seed(self) -> None:
-        seed = self._get(self.config, "seed_everything")
+    def before_seed(self) -> None:
+        seed = self._config().get("seed_everything")
         if seed is not None and not isinstance(seed, bool) and not (isinstance(seed, int) and 0 <= seed < 2**32):
             # Lightning would warn and silently use seed 0 instead
             raise LitSFTError(f"--seed_everything must be true, false or an integer in [0, 2^32), got {seed!r}.")
         self._random_seed = seed is True  # a new random seed every run
-        super()._set_seed()
 
     def _default_weights_only(self) -> None:
         config = self.config_init[self.subcommand]
@@ -315,7 +315,14 @@ def run_cli(cli_class: type[SFTCLI], args: list[str] | None, run: bool = True) -
                 "use_distributed_sampler": False,
                 "enable_model_summary": False,  # a 15-line table; ModelLineCallback prints one line instead
                 # always on, nothing to configure (CpuThreadsCallback: set OMP_NUM_THREADS to choose yourself)
-                "callbacks": [DataAuditCallback(), WandbRunIdCallback(), CpuThreadsCallback(), ModelLineCallback()],
+                # RngStateCallback: every checkpoint holds the RNG state, a resumed run restores it (exact resume)
+                "callbacks": [
+                    RngStateCallback(),
+                    DataAuditCallback(),
+                    WandbRunIdCallback(),
+                    CpuThreadsCallback(),
+                    ModelLineCallback(),
+                ],
             },
             # jsonargparse gives subcommands the main parser's formatter: both get litsft's
             parser_kwargs={"formatter_class": HelpFormatter, **{name: parser_kwargs(defaults) for name in SUBCOMMANDS}}

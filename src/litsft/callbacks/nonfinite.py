@@ -26,8 +26,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from litsft.callbacks.interrupt import checkpoint_dir
+from litsft.callbacks.step_boundary import StepBoundary
+from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
+from litsft.run.resume import checkpoint_dir
 
 
 class NonFiniteLossError(LitSFTError):
@@ -65,19 +67,17 @@ class NonFiniteLossCallback(Callback):
         self.skipped = 0
         self._snapshot: LastFiniteState | None = None
         self._batches: list[int] = []  # micro-batch indices (in the epoch) of the step in progress
-        self._step_at_batch_start = 0
+        self._boundary = StepBoundary()
         self._bad: dict | None = None  # the current step's failure, between the check and the step's end
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = trainer.global_step
+        self._boundary.batch_started(trainer)
         self._batches.append(batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         finite = torch.ones((), dtype=torch.bool, device=pl_module.device)
-        loss = None
-        metric = getattr(pl_module, "train_loss", None)  # SFTModule's step loss, before it logs and resets it
-        if metric is not None and metric.update_count > 0:
-            loss = metric.compute()
+        loss = pl_module.step_loss()  # token-weighted over the step's micro-batches and all ranks
+        if loss is not None:
             finite = finite & torch.isfinite(loss)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
@@ -109,7 +109,7 @@ class NonFiniteLossCallback(Callback):
             self._bad["kept"] = (self._snapshot.updates, self._snapshot.loss)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step == self._step_at_batch_start:
+        if not self._boundary.step_ended(trainer):
             return  # gradient accumulation continues
         self._batches = []
         bad, self._bad = self._bad, None
@@ -160,11 +160,11 @@ class NonFiniteLossCallback(Callback):
             f"non-finite training loss {bad['loss']}{grad} at step {bad['step']} "
             f"(epoch {bad['epoch']}, {span} of {trainer.num_training_batches})"
         )
-        source_rows = getattr(trainer.datamodule, "source_rows", None)
-        if callable(source_rows):
-            rows = source_rows(bad["epoch"], batches)
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, AlpacaDataModule):  # litsft's knows the source rows of each micro-batch
+            rows = datamodule.source_rows(bad["epoch"], batches)
             more = f" and {len(rows) - 16} more" if len(rows) > 16 else ""
-            text += f", source rows {', '.join(map(str, rows[:16]))}{more} of {trainer.datamodule.dataset}"
+            text += f", source rows {', '.join(map(str, rows[:16]))}{more} of {datamodule.dataset}"
         return text
 
     def state_dict(self) -> dict:
@@ -180,13 +180,13 @@ class LastFiniteState:
     Buffers are allocated once and copied into at every step (`torch._foreach_copy_`: one fused copy on a GPU).
     """
 
-    def __init__(self, params: list, param_copy: list, optim_state: dict, updates: int, loss: float | None):
+    def __init__(self, params: list, param_copy: list, optim_state: dict, updates: int, loss: torch.Tensor | None):
         self.params, self.param_copy, self.optim_state, self.updates = params, param_copy, optim_state, updates
-        self._loss = loss
+        self.loss_tensor = loss  # on the device: read (a host sync) only if it is ever reported
 
     @property
     def loss(self) -> float | None:
-        return None if self._loss is None else float(self._loss)
+        return None if self.loss_tensor is None else float(self.loss_tensor)
 
     @staticmethod
     def supported(trainer: Trainer, optimizer) -> bool:
@@ -218,7 +218,7 @@ class LastFiniteState:
                         saved.copy_(value)
                     else:
                         previous.optim_state[i][key] = value
-        previous.params, previous.updates, previous._loss = params, updates, loss
+        previous.params, previous.updates, previous.loss_tensor = params, updates, loss
         return previous
 
     def restore(self, pl_module: LightningModule, optimizer) -> None:

@@ -8,8 +8,8 @@ callback picks the steps at the start of training: `ceil(k * total / per_run)` f
 
 Validation always falls on an optimizer step's end (never inside gradient accumulation, so checkpoints written at
 validation hold whole steps), also when an epoch's micro-batches are not a multiple of the accumulation. How: with
-`check_val_every_n_epoch=None` Lightning validates after micro-batch i when `(i + 1) % trainer.val_check_batch ==
-0`; at each batch end this sets `val_check_batch` to `i + 1` (validate now) or `i + 2` (not now).
+`check_val_every_n_epoch=None`, at each batch end this tells Lightning whether to validate after that micro-batch
+(`litsft.lightning_compat.set_validation_due`).
 
 An explicit `--trainer.val_check_interval` or `--trainer.check_val_every_n_epoch` (not 1) is Lightning's schedule:
 the CLI then turns this one off.
@@ -23,7 +23,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
+from litsft.callbacks.step_boundary import StepBoundary
 from litsft.errors import LitSFTError
+from litsft.lightning_compat import set_validation_due
 
 
 def validation_steps(total_steps: int, per_run: int) -> list[int]:
@@ -51,7 +53,7 @@ class ValidationSchedule(Callback):
         self.every_n_steps = every_n_steps
         self.total_steps: int | None = None
         self.steps: list[int] = []  # the chosen steps with `per_run` (with `every_n_steps`: multiples, and the last)
-        self._step_at_batch_start = 0
+        self._boundary = StepBoundary()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.enabled and stage == TrainerFn.FITTING:
@@ -86,20 +88,15 @@ class ValidationSchedule(Callback):
         )
         # A resumed run: Lightning asks at its first batch whether the checkpoint's last batch was due a validation
         # (to finish or skip it as its own schedule would). Checkpoints are written at optimizer step ends.
-        self._set_check(trainer, self.is_validation_step(trainer.global_step))
+        set_validation_due(trainer, self.is_validation_step(trainer.global_step))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = trainer.global_step
+        self._boundary.batch_started(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if self.enabled:
-            stepped = trainer.global_step > self._step_at_batch_start  # this micro-batch ended an optimizer step
-            self._set_check(trainer, stepped and self.is_validation_step(trainer.global_step))
-
-    @staticmethod
-    def _set_check(trainer: Trainer, validate: bool) -> None:
-        batch = trainer.fit_loop.epoch_loop.total_batch_idx  # this micro-batch, counted over the whole run
-        trainer.val_check_batch = batch + 1 if validate else max(1, batch + 2)
+            stepped = self._boundary.step_ended(trainer)
+            set_validation_due(trainer, stepped and self.is_validation_step(trainer.global_step))
 
 
 def _shorten(steps: list[int]) -> str:

@@ -1,71 +1,35 @@
-"""Where a run stands and how to continue it: trained position, RNG state, `--ckpt_path` checks, the resume command.
+"""How to continue a run: where its checkpoints are, `--ckpt_path` (and `last`) checked, the resume command.
 
 An interrupted run must continue as if it had never stopped. Lightning restores the weights, optimizer, LR
 schedule and loop counters; litsft adds the data position (`ResumableBatchSampler`, through the datamodule's
-state) and the random number generators (dropout), and checks a checkpoint before Lightning opens it, so a
-wrong path or file is one message instead of a stack trace from `torch.load`.
+state) and the random number generators (`litsft.callbacks.rng_state`), and checks a checkpoint before Lightning
+opens it, so a wrong path or file is one message instead of a stack trace from `torch.load`.
 """
 
 from __future__ import annotations
 
-import random
 import re
 import shlex
 import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from litsft.errors import LitSFTError
+from litsft.lightning_compat import trained_position  # noqa: F401 - litsft.data.datamodule imports it from here
 
 LAST_NAME = re.compile(r"^last(-v\d+)?\.ckpt$")  # ModelCheckpoint's last.ckpt, last-v1.ckpt, ...
 
 
-def trained_position(trainer) -> tuple[int, int]:
-    """(epoch, micro-batches of it trained), counted as Lightning will count them when it restores the loops.
-
-    After a restore Lightning treats `batch_progress.current.processed` batches of the epoch as done, whichever
-    hook saved the checkpoint (a step end, a validation end, an exception at a batch boundary). The epoch is the
-    one those batches belong to: `epoch_progress.current.started - 1` (`current_epoch` moves on before the
-    batch counter is reset). A finished epoch is reported as the start of the next one.
-    """
-    fit_loop = trainer.fit_loop
-    epoch = max(0, fit_loop.epoch_progress.current.started - 1)
-    done = fit_loop.epoch_loop.batch_progress.current.processed
-    if done >= trainer.num_training_batches:
-        return epoch + 1, 0
-    return epoch, done
-
-
-# -- random number generators (dropout draws from them: a resumed run must draw what the uninterrupted one did) --
-
-
-def rng_state() -> dict:
-    """torch (CPU and current CUDA device), numpy and Python RNG states, as plain data (`weights_only` loads it)."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"]},
-        "numpy_gauss": [np_state["has_gauss"], np_state["gauss"]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    has_gauss, gauss = state["numpy_gauss"]
-    key = state["numpy"]["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, int(state["numpy"]["pos"]), int(has_gauss), float(gauss)))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def checkpoint_dir(trainer) -> Path:
+    """Where ModelCheckpoint writes (so `--ckpt_path last` finds it), else `<default_root_dir>/checkpoints`: where
+    litsft's own checkpoints go (`last.ckpt` on a signal, `nonfinite-step<N>.ckpt`)."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "dirpath", None):  # another Checkpoint class may have none
+        return Path(callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"
 
 
 # -- --ckpt_path ----------------------------------------------------------------------------------------------

@@ -1,15 +1,14 @@
-"""SIGTERM or Ctrl-C: finish the optimizer step in progress, save `last.ckpt`, say how to resume; resume exactly.
+"""SIGTERM or Ctrl-C: finish the optimizer step in progress, save `last.ckpt`, say how to resume.
 
 A job on a shared machine gets SIGTERM before it is killed (schedulers, `docker stop`, `kill`), and users press
 Ctrl-C. Stopping at once would lose the work since the last checkpoint, and stopping mid-step (gradients of
 some accumulation micro-batches summed, the optimizer not stepped) cannot be resumed exactly. So the first
 signal only raises a flag; at the end of the optimizer step in progress (after the validation due there, if
-any) the run stops through Lightning's own SIGTERM path, this callback saves `last.ckpt`, and `cli_main` prints
-the command that resumes. A second signal stops at once without saving.
+any) the ranks agree to stop, the run stops through Lightning's own SIGTERM path, this callback saves
+`last.ckpt`, and `cli_main` prints the command that resumes. A second signal stops at once without saving.
 
-Exactness: Lightning restores weights, optimizer, LR schedule and loop counters; the datamodule restores the
-data position; this callback stores the random number generators (dropout) in every checkpoint and puts them
-back when training starts, after the sanity check and loader set-up that a resumed run adds.
+The resume is exact because everything else is in the checkpoint: Lightning's weights, optimizer, LR schedule and
+loop counters, the datamodule's data position, and the random number generators (`litsft.callbacks.rng_state`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from litsft.run.resume import resume_command, rng_state, set_rng_state, trained_position
+from litsft.callbacks.step_boundary import StepBoundary
+from litsft.lightning_compat import (
+    adjust_batches_that_stepped,
+    epoch_in_progress,
+    set_received_sigterm,
+    trained_position,
+)
+from litsft.run.resume import checkpoint_dir, resume_command
 
 EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}  # shell conventions
 
@@ -44,16 +50,8 @@ class StopReport:
     exit_code: int
 
 
-def checkpoint_dir(trainer: Trainer) -> Path:
-    """Where ModelCheckpoint writes (so `--ckpt_path last` finds it), else `<default_root_dir>/checkpoints`."""
-    callback = trainer.checkpoint_callback
-    if callback is not None and getattr(callback, "dirpath", None):
-        return Path(callback.dirpath)
-    return Path(trainer.default_root_dir) / "checkpoints"
-
-
-class InterruptCallback(Callback):
-    """Stops cleanly on SIGTERM / Ctrl-C with a resumable `last.ckpt`; makes every checkpoint resume exactly."""
+class GracefulStopCallback(Callback):
+    """Stops cleanly on SIGTERM / Ctrl-C, after the optimizer step in progress, with a resumable `last.ckpt`."""
 
     def __init__(self, enabled: bool = True) -> None:
         """
@@ -65,9 +63,7 @@ class InterruptCallback(Callback):
         self.requested: int | None = None  # the signal received, until the run stops
         self._previous: dict[int, object] = {}
         self._trainer: Trainer | None = None
-        self._rng_to_restore: dict | None = None
-        self._step_at_batch_start = 0
-        self._at_step_end = False
+        self._boundary = StepBoundary()
         self._validated_this_batch = False
         self._stopping = False  # the ranks agreed to stop after this optimizer step
         self._announced = False
@@ -118,29 +114,23 @@ class InterruptCallback(Callback):
         if requested:
             self.requested = self.requested or signal.SIGTERM  # a rank that got no signal itself stops (and saves) too
             self._stopping = True
-            # Lightning's SIGTERM flag: the training loop raises SIGTERMException at the end of this batch (or of
-            # the epoch, at its last batch), after its metrics are logged and any validation due here has run
-            # (`on_validation_start` lowers the flag while it runs). The flag is private; Lightning's own handler
-            # sets it the same way.
-            trainer._signal_connector.received_sigterm = True
+            # Lightning's SIGTERM flag: the training loop stops at the end of this batch (or of the epoch, at its
+            # last batch), after its metrics are logged and any validation due here has run (`on_validation_start`
+            # lowers the flag while it runs).
+            set_received_sigterm(trainer, True)
 
     # -- hooks ------------------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._rng_to_restore is not None:
-            set_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
         self._install(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = trainer.global_step
+        self._boundary.batch_started(trainer)
         self._validated_this_batch = False
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         self._announce()
-        # Did this micro-batch end an optimizer step? (Not with gradient accumulation still in progress.)
-        self._at_step_end = trainer.global_step != self._step_at_batch_start
-        if self._at_step_end:
+        if self._boundary.step_ended(trainer):  # not while gradient accumulation is still in progress
             self._stop_if_requested(trainer)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -148,14 +138,14 @@ class InterruptCallback(Callback):
             # Stopping after this step, and a validation is due first: Lightning's evaluation loop would abort it
             # after one batch (it checks the flag at every batch end), so no val/loss would be logged for this
             # step, and a resumed run would never run it. Let it finish; `on_validation_end` raises the flag again.
-            trainer._signal_connector.received_sigterm = False
+            set_received_sigterm(trainer, False)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._validated_this_batch = True
             if self._stopping:
-                trainer._signal_connector.received_sigterm = True
-            elif self._at_step_end:
+                set_received_sigterm(trainer, True)
+            elif self._boundary.step_ended(trainer):
                 self._stop_if_requested(trainer)  # a signal during validation: stop right after it
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -170,14 +160,12 @@ class InterruptCallback(Callback):
         # counts the logging step once more (checkpoints that ModelCheckpoint writes at validation end are taken
         # before the count, ours after it): store one less, or every later step is logged one step late.
         # At an epoch's end (the stop waits for the epoch-end hooks there) nothing is replayed.
-        loop = trainer.fit_loop.epoch_loop
-        epoch_progress = trainer.fit_loop.epoch_progress.current
-        replayed = int(self._validated_this_batch and epoch_progress.completed < epoch_progress.started)
-        loop._batches_that_stepped -= replayed
+        replayed = int(self._validated_this_batch and epoch_in_progress(trainer))
+        adjust_batches_that_stepped(trainer, -replayed)
         try:
             trainer.save_checkpoint(path)
         finally:
-            loop._batches_that_stepped += replayed
+            adjust_batches_that_stepped(trainer, replayed)
         exception.litsft_stop = StopReport(  # read by cli_main, which knows the command line
             signal_name=signal.Signals(self.requested).name,
             checkpoint=str(path.resolve()),
@@ -194,31 +182,6 @@ class InterruptCallback(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._uninstall()
         self._trainer = None
-
-    # -- checkpoint state -------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        # Every rank draws its own dropout masks (its batches have other shapes), so every rank's generators are
-        # stored: Lightning writes rank 0's callback state only, and rank 0's state restored on rank 1 would make
-        # every later step differ under DDP. Checkpoints are dumped on all ranks together, so a gather is safe.
-        state = rng_state()
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            states: list = [None] * dist.get_world_size()
-            dist.all_gather_object(states, state)
-            return {"rng": states[0], "rng_per_rank": states}
-        return {"rng": state}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        per_rank = state_dict.get("rng_per_rank")
-        import torch.distributed as dist
-
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        if per_rank is not None and rank < len(per_rank):
-            self._rng_to_restore = per_rank[rank]
-        else:
-            self._rng_to_restore = state_dict.get("rng")
 
 
 def report_stop(stop: BaseException, args: list[str] | None) -> int:
