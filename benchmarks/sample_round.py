@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from litsft.callbacks.samples import SEED_PROMPTS
+    from litsft.callbacks.sample_prompts import SEED_PROMPTS
     from litsft.model.decoding import Deadline, generate_ids
     from litsft.prompts import ALPACA
 

@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from litsft.callbacks.samples import SEED_PROMPTS
+    from litsft.callbacks.sample_prompts import SEED_PROMPTS
     from litsft.data.datamodule import AlpacaDataModule
     from litsft.model.decoding import generate_ids
     from litsft.model.eos_accuracy import eos_hits

@@ -5,7 +5,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 
-from litsft.callbacks.samples import SEED_PROMPTS, SampleGenerationCallback
+from litsft.callbacks.sample_prompts import SEED_PROMPTS
+from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.model.module import SFTModule

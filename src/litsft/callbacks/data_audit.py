@@ -13,11 +13,14 @@ from lightning.pytorch.utilities import rank_zero_info
 
 def data_audit(datamodule) -> dict[str, float] | None:
     """`data/*` numbers of a set-up `AlpacaDataModule` (None for a datamodule without litsft's counts)."""
-    counts = getattr(datamodule, "counts", None)
-    splits = [getattr(datamodule, name, None) for name in ("train_rows", "val_rows")]
+    from litsft.data.datamodule import AlpacaDataModule
+    from litsft.data.loaders import row_lengths
+
+    if not isinstance(datamodule, AlpacaDataModule):
+        return None
+    counts, splits = datamodule.counts, [datamodule.train_rows, datamodule.val_rows]
     if counts is None or any(s is None for s in splits):
         return None
-    from litsft.data.loaders import row_lengths
 
     # Row lengths from Arrow's list offsets (a chat row's learned tokens are not one suffix): no Python lists.
     lengths = np.concatenate([row_lengths(s).astype(np.int64) if len(s) else np.zeros(0, np.int64) for s in splits])

@@ -45,7 +45,7 @@ class ExportCallback(Callback):
         self._trained = True
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.enabled and self.lora != "merged" and getattr(pl_module, "lora", None) is None:
+        if self.enabled and self.lora != "merged" and pl_module.lora is None:
             raise LitSFTError(f"--export.lora {self.lora} needs --model.lora (e.g. --model.lora.r 8): no adapters.")
 
     def export_dir(self, trainer: Trainer) -> Path:
@@ -101,15 +101,15 @@ def export_model(
         raise disk_full_error(folder.parent, f"the export '{folder.name}'", needed)
     # Generation stops at the EOS the model learned (chat: the end-of-turn token, or EOS), and pads with the
     # tokenizer's pad id.
-    stops = list(getattr(datamodule, "stop_token_ids", None) or [tokenizer.eos_token_id])
+    stops = list(datamodule.stop_token_ids)
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    chat = getattr(datamodule, "chat", None)
+    chat = datamodule.chat
     if chat is not None:  # the exact template trained with: apply_chat_template and pipelines render the same
         tokenizer.chat_template = chat.format.template
     tmp = temporary_folder_beside(folder)
     try:
-        if getattr(pl_module, "lora", None) is not None:
+        if pl_module.lora is not None:
             from litsft.model.lora import save_lora
 
             save_lora(model, tmp, state_dict, lora)

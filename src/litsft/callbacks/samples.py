@@ -1,9 +1,10 @@
 """`SampleGenerationCallback`: what the model says to a few fixed prompts, from the base model on, as it trains.
 
-The same prompts are answered at the start of `fit` (the base model, step 0) and then at every validation end
-(or every N steps). W&B gets one table, a row per prompt and a column per evaluation step (base first), plus
+This module decides when to generate, generates, and logs. The same prompts (`litsft.callbacks.sample_prompts`) are
+answered at the start of `fit` (the base model, step 0) and then at every validation end (or every N optimizer
+steps). W&B gets one table, a row per prompt and a column per evaluation step (base first), plus
 `samples/eos_rate` (share of answers that ended with EOS) and `samples/mean_new_tokens`; every logger gets the
-two numbers; without W&B a console panel shows base against now.
+two numbers; without W&B a console panel shows base against now (`litsft.callbacks.sample_table`).
 
 Ranks: with DDP each rank holds the whole model, so rank 0 generates and logs while the others go on to the
 next step (they wait for it in the gradient all-reduce, at most `max_time`). With a sharded model (FSDP,
@@ -20,17 +21,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from litsft.callbacks import sample_table
+from litsft.callbacks.sample_prompts import prompts_for_samples
+from litsft.callbacks.step_boundary import StepBoundary
+from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.prompts_to_answer import SamplePrompt, read_prompts
 from litsft.errors import LitSFTError
 from litsft.model.decoding import Deadline, generate_ids
 from litsft.model.loading import context_length
-from litsft.prompts import ALPACA
 
-# The seed tutorial's two prompts: always asked, so runs are comparable with each other and with the seed.
-SEED_PROMPTS = (
-    SamplePrompt("Explain machine learning in few words."),
-    SamplePrompt("Explain supervised fine-tuning simply."),
-)
 TABLE_KEY = "samples/table"
 
 
@@ -120,6 +119,7 @@ class SampleGenerationCallback(Callback):
         self.answers: list[list[str]] = []
         self._tried_step: int | None = None
         self._restored: dict | None = None
+        self._boundary = StepBoundary()
 
     # -- prompts ----------------------------------------------------------------------------------------------
 
@@ -128,39 +128,16 @@ class SampleGenerationCallback(Callback):
         if stage != TrainerFn.FITTING or not self.enabled or self._prompt_ids:
             return
         datamodule = trainer.datamodule
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is None:  # plain dataloaders, no litsft datamodule: nothing to tokenize prompts with
+        if not isinstance(datamodule, AlpacaDataModule):  # plain dataloaders: nothing to tokenize prompts with
             rank_zero_warn("litsft samples: no datamodule with a tokenizer; sample generation is off for this run.")
             self.enabled = False
             return
-        template = getattr(datamodule, "template", ALPACA)
-        limit = context_length(getattr(pl_module, "hf_config", None) or object())
-        room = (limit - self.max_new_tokens) if limit else None
-
-        def encode(prompt: SamplePrompt) -> list[int]:
-            if hasattr(datamodule, "encode_prompt"):  # litsft's: the training template, or the chat template
-                return datamodule.encode_prompt(prompt)
-            text = template.render(prompt.instruction, prompt.input)
-            # Tokenized like the training rows (special tokens added, a literal "<|endoftext|>" is text).
-            return tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
-
-        def fits(prompt: SamplePrompt) -> bool:
-            return room is None or len(encode(prompt)) <= room
-
-        if self.user_prompts is not None:
-            prompts = self.user_prompts
-            too_long = [i for i, p in enumerate(prompts) if not fits(p)]
-            if too_long:
-                raise LitSFTError(
-                    f"--samples.prompts_file: prompt {too_long[0]} is too long: with --samples.max_new_tokens "
-                    f"{self.max_new_tokens} it exceeds the model's context ({limit} tokens). Shorten it or lower "
-                    "max_new_tokens."
-                )
-        else:
-            prompts = [p for p in SEED_PROMPTS if fits(p)]
-            prompts += datamodule.sample_prompts(self.num_val_prompts, fits)
-        self.prompts = list(prompts)
-        self._prompt_ids = [encode(p) for p in self.prompts]
+        context = context_length(pl_module.hf_config)
+        self.prompts = prompts_for_samples(
+            datamodule, self.user_prompts, self.num_val_prompts, self.max_new_tokens, context
+        )
+        # the training template or the chat template, tokenized like the training rows
+        self._prompt_ids = [datamodule.encode_prompt(p) for p in self.prompts]
         self.answers = [[] for _ in self.prompts]
 
     # -- when -------------------------------------------------------------------------------------------------
@@ -168,8 +145,12 @@ class SampleGenerationCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._maybe_sample(trainer, pl_module)  # the base model (or, when resuming, where it left off)
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self._boundary.batch_started(trainer)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        stepped = self._boundary.step_ended(trainer)
+        if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
             self._maybe_sample(trainer, pl_module)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -201,7 +182,8 @@ class SampleGenerationCallback(Callback):
         everyone = self.all_ranks_generate(trainer, pl_module)
         if not (everyone or trainer.is_global_zero):
             return  # DDP: rank 0 has the whole model and generates alone; this rank goes on training
-        tokenizer = trainer.datamodule.tokenizer
+        datamodule = trainer.datamodule
+        tokenizer = datamodule.tokenizer
         model = pl_module.model
         limit = context_length(model.config)
         longest = max(len(p) for p in self._prompt_ids)
@@ -213,7 +195,7 @@ class SampleGenerationCallback(Callback):
             results = generate_ids(
                 model,
                 self._prompt_ids,
-                getattr(trainer.datamodule, "stop_token_ids", None) or tokenizer.eos_token_id,
+                datamodule.stop_token_ids,
                 tokenizer.pad_token_id,
                 max_new_tokens,
                 batch_size=self.batch_size,
@@ -245,9 +227,7 @@ class SampleGenerationCallback(Callback):
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """Columns and rows of the samples table: prompt, reference, then one column per evaluation step."""
-        columns = ["prompt", "reference", *self.columns]
-        rows = [[p.display(), p.reference, *a] for p, a in zip(self.prompts, self.answers, strict=True)]
-        return columns, rows
+        return sample_table.table(self.prompts, self.columns, self.answers)
 
     def _log(self, trainer: Trainer, metrics: dict[str, float], seconds: float) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -261,26 +241,9 @@ class SampleGenerationCallback(Callback):
                 # W&B tables are immutable: log the whole table, with every column so far, each time.
                 logger.log_table(TABLE_KEY, columns=columns, data=rows, step=trainer.global_step)
         if self.console if self.console is not None else not wandb_on:
-            self._print_panel(trainer, metrics, seconds)
-
-    def _print_panel(self, trainer: Trainer, metrics: dict[str, float], seconds: float) -> None:
-        width = 100
-        lines = [
-            "",
-            f"== litsft samples, {self.columns[-1]}: {len(self.prompts)} prompts in {seconds:.1f} s, "
-            f"{metrics['samples/eos_rate']:.0%} ended with EOS, {metrics['samples/mean_new_tokens']:.1f} new tokens "
-            "on average ".ljust(width, "="),
-        ]
-        shown = [0, len(self.columns) - 1] if len(self.columns) > 1 else [0]
-        for i, (prompt, answers) in enumerate(zip(self.prompts, self.answers, strict=True), start=1):
-            lines.append(f"[{i}] " + prompt.display().replace("\n\n", " | "))
-            for c in shown:
-                answer = answers[c].strip().replace("\n", " / ")
-                answer = answer if len(answer) <= 300 else answer[:297] + "..."
-                lines.append(f"    {self.columns[c]:>16}: {answer or '(empty)'}")
-        text = "\n".join(lines)
-        bar = trainer.progress_bar_callback
-        (bar.print if bar is not None and hasattr(bar, "print") else print)(text)
+            text = sample_table.panel(self.prompts, self.columns, self.answers, metrics, seconds)
+            bar = trainer.progress_bar_callback
+            (bar.print if bar is not None and hasattr(bar, "print") else print)(text)
 
     # -- checkpoint state: a resumed run continues the table --------------------------------------------------
 
