@@ -24,8 +24,8 @@ from litsft.data.splits import validation_mask
 from litsft.data.tokenize_alpaca import process_rows
 from litsft.data.tokenizer import load_tokenizer
 from litsft.errors import LitSFTError
+from litsft.lightning_compat import trained_position
 from litsft.prompts import PromptTemplate, get_template
-from litsft.run.resume import trained_position
 
 
 class AlpacaDataModule(LightningDataModule):

@@ -18,7 +18,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from litsft.errors import LitSFTError
-from litsft.lightning_compat import trained_position  # noqa: F401 - litsft.data.datamodule imports it from here
 
 LAST_NAME = re.compile(r"^last(-v\d+)?\.ckpt$")  # ModelCheckpoint's last.ckpt, last-v1.ckpt, ...
 
