@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from litsft.callbacks.sample_prompts import SEED_PROMPTS
+    from litsft.callbacks.sample_prompts import TUTORIAL_PROMPTS
     from litsft.model.decoding import Deadline, generate_ids
     from litsft.prompts import ALPACA
 
@@ -47,7 +47,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     rows = json.loads(REAL_ROWS.read_text()) if REAL_ROWS.is_file() else []
     with_input = [(r["instruction"], r["input"]) for r in rows if r["input"]][:3] or [("Sort: 3, 1, 2.", "3, 1, 2")] * 3
-    prompts = [(p.instruction, "") for p in SEED_PROMPTS] + with_input
+    prompts = [(p.instruction, "") for p in TUTORIAL_PROMPTS] + with_input
     ids = [tokenizer(ALPACA.render(i, x))["input_ids"] for i, x in prompts]
     layers, width, heads = SHAPES[args.shape]
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from litsft.callbacks.sample_prompts import SEED_PROMPTS
+    from litsft.callbacks.sample_prompts import TUTORIAL_PROMPTS
     from litsft.data.datamodule import AlpacaDataModule
     from litsft.model.decoding import generate_ids
     from litsft.model.eos_accuracy import eos_hits
@@ -99,7 +99,7 @@ def main() -> None:
 
     # 2. one round of samples ------------------------------------------------------------------------------------
     model = tiny_gpt2(len(tokenizer), 6, 768, 12)  # distilgpt2's shape
-    prompts = [(p.instruction, "") for p in SEED_PROMPTS] + [(r["instruction"], r["input"]) for r in rows[:3]]
+    prompts = [(p.instruction, "") for p in TUTORIAL_PROMPTS] + [(r["instruction"], r["input"]) for r in rows[:3]]
     ids = [tokenizer(ALPACA.render(i, x))["input_ids"] for i, x in prompts]
     generate_ids(model, ids[:1], eos, tokenizer.pad_token_id, 2)  # warm-up
     start = time.perf_counter()

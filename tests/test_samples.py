@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 
-from litsft.callbacks.sample_prompts import SEED_PROMPTS
+from litsft.callbacks.sample_prompts import TUTORIAL_PROMPTS
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
@@ -34,7 +34,7 @@ def test_smoke_run_has_the_samples_table_with_base_and_later_columns(smoke_wandb
     assert columns[:3] == ["prompt", "reference", "step 0 (base)"]
     assert len(columns) >= 5 and all(c.startswith("step ") for c in columns[3:]), columns
     rows = table["data"]
-    assert [r[0] for r in rows[:2]] == [p.instruction for p in SEED_PROMPTS]
+    assert [r[0] for r in rows[:2]] == [p.instruction for p in TUTORIAL_PROMPTS]
     val = rows[2:]
     assert len(val) == 3 and all("\n\nInput: " in r[0] and r[1] for r in val)  # validation rows with input
     assert all(len(r) == len(columns) for r in rows)
@@ -70,7 +70,7 @@ def setup_callback(callback, alpaca_file, tmp_path):
 def test_default_prompts_are_the_seed_two_then_validation_rows_with_input(alpaca_file, rows, tmp_path):
     callback = SampleGenerationCallback(num_val_prompts=3)
     dm = setup_callback(callback, alpaca_file, tmp_path)
-    assert callback.prompts[:2] == list(SEED_PROMPTS)
+    assert callback.prompts[:2] == list(TUTORIAL_PROMPTS)
     val_sources = {rows[i]["instruction"] + rows[i]["input"] for i in dm.val_rows["row"][:]}
     for p in callback.prompts[2:]:
         assert p.input and p.instruction + p.input in val_sources and p.reference
@@ -116,7 +116,7 @@ def test_console_panel_when_wandb_is_off(in_repo, tmp_path, alpaca_file, capsys)
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "litsft samples, step 0 (base)" in out and "litsft samples, step 4" in out
-    assert SEED_PROMPTS[0].instruction in out and "step 0 (base):" in out
+    assert TUTORIAL_PROMPTS[0].instruction in out and "step 0 (base):" in out
 
 
 def tiny_trainer(tmp_path, callback, **kw):

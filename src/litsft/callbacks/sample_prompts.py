@@ -1,4 +1,4 @@
-"""Which prompts the sample callback asks: the seed tutorial's two and a few validation rows, or the user's file.
+"""Which prompts the sample callback asks: the tutorial's two and a few validation rows, or the user's file.
 
 Every prompt must leave room for `--samples.max_new_tokens` in the model's context: a default prompt that does not
 is left out; a user's prompt that does not is an error before training.
@@ -10,8 +10,8 @@ from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.prompts_to_answer import SamplePrompt
 from litsft.errors import LitSFTError
 
-# The seed tutorial's two prompts: always asked, so runs are comparable with each other and with the seed.
-SEED_PROMPTS = (
+# The tutorial's two prompts: always asked, so runs are comparable with each other and with the tutorial.
+TUTORIAL_PROMPTS = (
     SamplePrompt("Explain machine learning in few words."),
     SamplePrompt("Explain supervised fine-tuning simply."),
 )
@@ -24,7 +24,7 @@ def prompts_for_samples(
     max_new_tokens: int,
     context: int | None,
 ) -> list[SamplePrompt]:
-    """`user_prompts` (all of them, or a `LitSFTError` for one too long), else the seed's prompts and the first
+    """`user_prompts` (all of them, or a `LitSFTError` for one too long), else the tutorial's prompts and the first
     `num_val_prompts` validation rows (`datamodule.sample_prompts`) that leave room for `max_new_tokens` in a context
     of `context` tokens (None: no limit known)."""
     room = (context - max_new_tokens) if context else None
@@ -41,4 +41,4 @@ def prompts_for_samples(
                 "max_new_tokens."
             )
         return list(user_prompts)
-    return [p for p in SEED_PROMPTS if fits(p)] + datamodule.sample_prompts(num_val_prompts, fits)
+    return [p for p in TUTORIAL_PROMPTS if fits(p)] + datamodule.sample_prompts(num_val_prompts, fits)

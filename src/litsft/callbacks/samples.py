@@ -71,9 +71,9 @@ class SampleGenerationCallback(Callback):
         """
         Args:
             enabled: Set false to generate no samples.
-            prompts_file: Your prompts instead of the defaults (the seed's two plus validation rows): a .txt file
+            prompts_file: Your prompts instead of the defaults (the tutorial's two plus validation rows): a .txt file
                 (one instruction per line), or .json/.jsonl with `instruction` and optional `input`, `output`.
-            num_val_prompts: Validation rows (with their input and reference answer) added to the seed's two.
+            num_val_prompts: Validation rows (with their input and reference answer) added to the tutorial's two.
             every_n_steps: Generate every N optimizer steps; default (null): at the end of each validation.
             max_new_tokens: Most tokens generated per answer; an answer also stops at EOS.
             do_sample: Sample instead of greedy decoding (seeded: the same draws at every evaluation step).
