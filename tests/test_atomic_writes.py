@@ -16,7 +16,7 @@ import lightning.pytorch  # noqa: F401 - before any test captures stderr: its lo
 import pytest
 import torch
 
-from tests.conftest import LEAN_ARGS, REPO, cli_one_thread, tiny_model_args
+from tests.helpers import LEAN_ARGS, REPO, cli_one_thread, tiny_model_args
 
 
 def full_disk_after(monkeypatch, allowed_writes: int):

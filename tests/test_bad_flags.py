@@ -11,7 +11,7 @@ import signal
 import lightning.pytorch  # noqa: F401 - before any test captures stderr: its log handler keeps that stream
 import pytest
 
-from tests.conftest import LEAN_ARGS, cli_one_thread, tiny_model_args
+from tests.helpers import LEAN_ARGS, cli_one_thread, tiny_model_args
 
 
 def config_file(tmp, name: str, text: str) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import LEAN_ARGS, SMOKE_MODEL, cli_one_thread, tiny_model_args, write_rows
+from tests.helpers import LEAN_ARGS, SMOKE_MODEL, cli_one_thread, tiny_model_args, write_rows
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
 

@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 
 from litsft.data.datamodule import AlpacaDataModule
-from tests.conftest import LEAN_ARGS, SMOKE_MODEL, cli_one_thread, tiny_model_args
+from tests.helpers import LEAN_ARGS, cli_one_thread, tiny_datamodule, tiny_model_args
 
 
 def datamodule(data, cache) -> AlpacaDataModule:
-    return AlpacaDataModule(
-        dataset=str(data), tokenizer_name_or_path=str(SMOKE_MODEL), max_seq_length=256, val_size=8, batch_size=4,
-        num_workers=0,
-        cache_dir=str(cache),
-    )  # fmt: skip
+    return tiny_datamodule(data, cache, max_seq_length=256)
 
 
 def rows_of(dm: AlpacaDataModule) -> dict[int, list[int]]:

@@ -7,56 +7,16 @@ with litsft's (which renders the Jinja template and locates the messages in it).
 """
 
 import json
-import random
 
 import pytest
 
 from litsft.data.chat_format import ChatFormat
 from litsft.data.conversations import MessageColumns, load_conversations
-from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.tokenize_chat import process_conversations, tokenize_conversations
 from litsft.data.tokenizer import load_tokenizer
 from litsft.errors import LitSFTError
-from tests.conftest import SMOKE_MODEL
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer
-
-AWKWARD = [
-    "",  # an empty turn
-    " starts with a space",
-    ", starts with punctuation",
-    "\nstarts with a newline",
-    "ends with a space ",
-    "naïve café — 你好 😀 ñ",  # non-ASCII: byte fallback in the SentencePiece vocabulary
-    "assistant",  # a role name as content
-    "user\n",
-    "1. red\n2. blue\n\n3. green",
-    "  two spaces",
-    "The capital of France is Paris.",
-    "?!",
-    "\n",
-]
-
-
-def awkward_conversations(n: int, seed: int = 0) -> list[list[dict]]:
-    rng = random.Random(seed)
-    convs = []
-    for k in range(n):
-        messages = []
-        if rng.random() < 0.4:
-            messages.append({"role": "system", "content": rng.choice(["Be brief.", " Réponds en français.", ""])})
-        for _ in range(rng.randint(1, 4)):
-            messages.append({"role": "user", "content": rng.choice(AWKWARD + ["What is 2 + 2?", "Hi"])})
-            messages.append({"role": "assistant", "content": rng.choice(AWKWARD)})
-        if k % 7 == 3:  # a trailing user message: never learned, and cut (it cannot change the loss)
-            messages.append({"role": "user", "content": "thanks"})
-        convs.append(messages)
-    # every awkward content as the first and as a later assistant turn, with and without a system prompt
-    for i, content in enumerate(AWKWARD):
-        convs.append([{"role": "user", "content": "q"}, {"role": "assistant", "content": content}])
-        system = [{"role": "system", "content": "sys"}] if i % 2 else []
-        convs.append(system + [{"role": "user", "content": content}, {"role": "assistant", "content": "a"}] * 2)
-    return convs
-
+from tests.helpers import LEAN_ARGS, awkward_conversations, cli_one_thread, tiny_datamodule, tiny_model_args, write_rows
 
 # -- the independent reference ----------------------------------------------------------------------------------
 
@@ -304,22 +264,17 @@ def test_trimming_templates_and_prefix_fallback(chatml):
 # -- reading conversations ------------------------------------------------------------------------------------
 
 
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
 def test_openai_sharegpt_and_mapped_columns_read_the_same(tmp_path):
     convs = awkward_conversations(5)
-    openai = write_jsonl(tmp_path / "openai.jsonl", [{"messages": c} for c in convs])
+    openai = write_rows(tmp_path / "openai.jsonl", [{"messages": c} for c in convs], jsonl=True)
     share = {"system": "system", "user": "human", "assistant": "gpt"}
     sharegpt = [{"conversations": [{"from": share[m["role"]], "value": m["content"]} for m in c]} for c in convs]
-    sharegpt = write_jsonl(tmp_path / "sharegpt.jsonl", sharegpt)
+    sharegpt = write_rows(tmp_path / "sharegpt.jsonl", sharegpt, jsonl=True)
     speakers = {"user": "me", "assistant": "bot"}
     custom = [
         {"dialog": [{"speaker": speakers.get(m["role"], m["role"]), "text": m["content"]} for m in c]} for c in convs
     ]
-    custom = write_jsonl(tmp_path / "custom.jsonl", custom)
+    custom = write_rows(tmp_path / "custom.jsonl", custom, jsonl=True)
     a, _ = load_conversations(str(openai), MessageColumns())
     b, _ = load_conversations(str(sharegpt), MessageColumns())
     c, _ = load_conversations(
@@ -348,22 +303,18 @@ def test_openai_sharegpt_and_mapped_columns_read_the_same(tmp_path):
 )
 def test_bad_conversations_are_one_clear_message(tmp_path, record, message):
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    path = write_jsonl(tmp_path / "bad.jsonl", [good, record])
+    path = write_rows(tmp_path / "bad.jsonl", [good, record], jsonl=True)
     with pytest.raises(LitSFTError) as err:
         load_conversations(str(path), MessageColumns())
     assert message in str(err.value) and "bad.jsonl" in str(err.value)
 
 
 def chat_datamodule(path, tmp_path, **kw):
-    args = dict(
-        dataset=str(path), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=2, batch_size=4, num_workers=0,
-        cache_dir=str(tmp_path / "cache"), chat_template="zephyr",
-    ) | kw  # fmt: skip
-    return AlpacaDataModule(**args)
+    return tiny_datamodule(path, tmp_path / "cache", **({"val_size": 2, "chat_template": "zephyr"} | kw))
 
 
 def test_format_is_detected_and_alpaca_rows_stay_alpaca(tmp_path, alpaca_file):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in awkward_conversations(20)])
+    path = write_rows(tmp_path / "chat.jsonl", [{"messages": c} for c in awkward_conversations(20)], jsonl=True)
     dm = chat_datamodule(path, tmp_path)
     dm.setup("fit")
     assert dm.chat is not None and dm.counts.format == "messages" and "label_spans" in dm.train_rows.column_names
@@ -389,11 +340,10 @@ def test_alpaca_rows_as_one_turn_chats(tmp_path, alpaca_file, rows):
 
 def test_preview_shows_chat_rows_as_training_sees_them(in_repo, tmp_path, tiny_tokenizer):
     from litsft.preview import main
-    from tests.conftest import tiny_model_args
 
     convs = awkward_conversations(12, seed=3)
     convs[2] = [{"role": "user", "content": "no answer"}]  # dropped and counted, not written
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in convs])
+    path = write_rows(tmp_path / "chat.jsonl", [{"messages": c} for c in convs], jsonl=True)
     out = tmp_path / "preview.jsonl"
     args = tiny_model_args(tmp_path, path, "--data.chat_template", "zephyr")
     summary = main([*args, "--rows", "12", "--jsonl", str(out)])
@@ -424,7 +374,7 @@ def test_chat_counts_reach_the_data_audit(tmp_path):
     from litsft.callbacks.data_audit import data_audit
 
     convs = awkward_conversations(20) + [[{"role": "user", "content": "alone"}]]
-    dm = chat_datamodule(write_jsonl(tmp_path / "c.jsonl", [{"messages": c} for c in convs]), tmp_path)
+    dm = chat_datamodule(write_rows(tmp_path / "c.jsonl", [{"messages": c} for c in convs], jsonl=True), tmp_path)
     dm.setup("fit")
     audit = data_audit(dm)
     assert audit["data/no_assistant"] == 1 and audit["data/dropped"] == 1
@@ -437,21 +387,21 @@ def test_chat_counts_reach_the_data_audit(tmp_path):
 def test_prompts_files_take_conversations(tmp_path):
     from litsft.data.prompts_to_answer import read_prompts
 
-    path = write_jsonl(
+    path = write_rows(
         tmp_path / "p.jsonl",
         [
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                           {"role": "user", "content": "Add 2 and 3."}]},
             {"messages": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Red."}]},
             {"instruction": "plain one"},
-        ],
+        ], jsonl=True,
     )  # fmt: skip
     first, second, third = read_prompts(path)
     assert first.conversation()[-1] == {"role": "user", "content": "Add 2 and 3."} and not first.reference
     assert second.conversation() == [{"role": "user", "content": "Name a colour."}] and second.reference == "Red."
     assert third.conversation() == [{"role": "user", "content": "plain one"}]
     assert "user: Hi" in first.display() and first.instruction == "Add 2 and 3."
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "assistant", "content": "only"}]}])
+    bad = write_rows(tmp_path / "bad.jsonl", [{"messages": [{"role": "assistant", "content": "only"}]}], jsonl=True)
     with pytest.raises(LitSFTError, match="bad.jsonl, row 1: the conversation has no message before"):
         read_prompts(bad)
 
@@ -472,10 +422,10 @@ def test_bad_chat_input_is_one_clear_message_and_nothing_runs(in_repo, tmp_path,
                                                               message):  # fmt: skip
     import re
 
-    from tests.conftest import LEAN_ARGS, cli_one_thread, tiny_model_args
-
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    data = alpaca_file if rows == "alpaca" else write_jsonl(tmp_path / "chat.jsonl", [good] * 20 + (rows or []))
+    data = (
+        alpaca_file if rows == "alpaca" else write_rows(tmp_path / "chat.jsonl", [good] * 20 + (rows or []), jsonl=True)
+    )
     with pytest.raises(SystemExit) as exit_:
         cli_one_thread(["fit", *tiny_model_args(tmp_path, data), *LEAN_ARGS, *flags])
     assert exit_.value.code == 2
@@ -488,7 +438,7 @@ def test_bad_chat_input_is_one_clear_message_and_nothing_runs(in_repo, tmp_path,
 def test_packed_chat_rows_keep_their_own_labels(tmp_path):
     from litsft.data.packing import PackedCollator
 
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in awkward_conversations(30)])
+    path = write_rows(tmp_path / "chat.jsonl", [{"messages": c} for c in awkward_conversations(30)], jsonl=True)
     dm = chat_datamodule(path, tmp_path, val_size=0, max_seq_length=512)
     dm.setup("fit")
     rows = [dm.train_rows[i] for i in range(8)]

@@ -8,7 +8,7 @@ import yaml
 from litsft.cli import cli_main
 from litsft.data.datamodule import AlpacaDataModule
 from litsft.model.module import SFTModule
-from tests.conftest import REPO, tiny_model_args
+from tests.helpers import REPO, tiny_model_args
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
 

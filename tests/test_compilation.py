@@ -1,11 +1,8 @@
 import pytest
 import torch
 
-from litsft.data.collate import SFTCollator
 from litsft.model.compilation import transformer_blocks
-from tests.test_module import tiny_module
-
-ROWS = [{"input_ids": list(range(5, 5 + n)), "prompt_len": 3} for n in (20, 15, 11)]
+from tests.helpers import tiny_module, token_batch
 
 
 def test_option_compiles_every_block_in_place_and_keeps_parameter_names():
@@ -22,7 +19,7 @@ def test_compiled_loss_and_gradients_equal_eager():
     plain, compiled = tiny_module(), tiny_module(torch_compile=True)
     compiled.model.load_state_dict(plain.model.state_dict())
     for width in (0, 4):  # two batch shapes: the second triggers the dynamic-shape recompile
-        batch = SFTCollator(0)([dict(r, input_ids=r["input_ids"] + [9] * width) for r in ROWS])
+        batch = token_batch(width)
         losses = []
         for module in (plain, compiled):
             module.model.zero_grad()

@@ -13,7 +13,7 @@ import pytest
 
 from litsft.cli import cli_main
 from litsft.run import console
-from tests.conftest import REPO, csv_logger_args, tiny_model_args
+from tests.helpers import REPO, csv_logger_args, tiny_model_args
 
 NOISE = [
     "Tip:", "TPU available", "GPU available: False", "Seed set to", "LeafSpec", "anonymous setting", "git root",

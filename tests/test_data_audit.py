@@ -2,15 +2,11 @@ import numpy as np
 import pytest
 
 from litsft.callbacks.data_audit import data_audit, describe
-from litsft.data.datamodule import AlpacaDataModule
-from tests.conftest import SMOKE_MODEL
+from tests.helpers import tiny_datamodule
 
 
 def test_audit_counts_lengths_and_supervised_share(alpaca_file, rows, tmp_path):
-    dm = AlpacaDataModule(
-        dataset=str(alpaca_file), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=8, max_seq_length=40,
-        num_workers=0, cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", max_seq_length=40)
     dm.setup("fit")
     audit = data_audit(dm)
     assert audit["data/rows"] == len(rows) and audit["data/kept"] == dm.counts.kept

@@ -3,17 +3,12 @@ import json
 import pytest
 
 import litsft.data.datamodule as dm_module
-from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
-from tests.conftest import SMOKE_MODEL
+from tests.helpers import tiny_datamodule
 
 
 def make(path, tmp_path, **kw):
-    args = dict(
-        dataset=str(path), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=0.25, batch_size=4, num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    ) | kw  # fmt: skip
-    return AlpacaDataModule(**args)
+    return tiny_datamodule(path, tmp_path / "cache", **({"val_size": 0.25} | kw))
 
 
 def test_split_is_deterministic_and_disjoint(alpaca_file, tmp_path):

@@ -1,22 +1,15 @@
 """The same config and seed give the same run on CPU, run after run: every logged loss and the final weights
 are equal bit for bit (dropout on, gradient accumulation, two epochs, validation mid-epoch)."""
 
-import os
-
 import torch
 
-from tests.conftest import REPO, cli_one_thread, logged_metrics
-from tests.test_resume import data, reference, run_args  # noqa: F401 - session fixtures: the first run is shared
+from tests.helpers import cli_one_thread, cwd, logged_metrics, resume_run_args
 
 
-def test_same_config_and_seed_give_the_same_losses_and_weights(tmp_path, data, reference):  # noqa: F811
-    reference_root, reference_train, reference_val = reference
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        cli = cli_one_thread(run_args(tmp_path, data))
-    finally:
-        os.chdir(cwd)
+def test_same_config_and_seed_give_the_same_losses_and_weights(tmp_path, resume_data, resume_reference):
+    reference_root, reference_train, reference_val = resume_reference
+    with cwd():  # the first run, `resume_reference`, is shared with tests/test_resume.py
+        cli = cli_one_thread(resume_run_args(tmp_path, resume_data))
     train, val = logged_metrics(tmp_path, "train/loss"), logged_metrics(tmp_path, "val/loss")
     assert train == reference_train and val == reference_val  # exactly, at every step
     assert len(set(train.values())) > len(train) // 2  # a real curve, not a constant

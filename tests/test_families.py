@@ -15,15 +15,13 @@ import pytest
 import torch
 
 from litsft.cli import cli_main
-from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.tokenizer import load_tokenizer
 from litsft.generate import main as generate_main
 from litsft.model.decoding import generate_ids
 from litsft.model.loss import masked_ce_sum
 from litsft.model.sharding import block_classes
-from tests.conftest import REPO, SMOKE_DATA, tiny_model_args
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer, write_model
-from tests.test_chat import awkward_conversations, write_jsonl
+from tests.helpers import REPO, SMOKE_DATA, awkward_conversations, tiny_datamodule, tiny_model_args, write_rows
 
 # family -> (tokenizer family, data format, chat template flag); head: (tied, bias)
 FAMILIES = {
@@ -42,7 +40,7 @@ def assets(tmp_path_factory):
     models = {}
     for family, (tok, _, _) in FAMILIES.items():
         models[family] = write_model(root / family, family, load_tokenizer(str(tokenizers[tok])))
-    data = {"alpaca": SMOKE_DATA, "messages": write_jsonl(root / "chat.jsonl", chat_rows())}
+    data = {"alpaca": SMOKE_DATA, "messages": write_rows(root / "chat.jsonl", chat_rows(), jsonl=True)}
     return models, data
 
 
@@ -68,11 +66,11 @@ def chat_rows() -> list[dict]:
 def datamodule(assets, family, tmp_path, **kw):
     models, data = assets
     _, data_format, template = FAMILIES[family]
-    args = dict(
-        dataset=str(data[data_format]), tokenizer_name_or_path=str(models[family]), val_size=6, batch_size=6,
-        num_workers=0, cache_dir=str(tmp_path / "cache"), max_seq_length=256, chat_template=template,
+    settings = dict(
+        tokenizer_name_or_path=str(models[family]), val_size=6, batch_size=6, max_seq_length=256,
+        chat_template=template,
     ) | kw  # fmt: skip
-    return AlpacaDataModule(**args)
+    return tiny_datamodule(data[data_format], tmp_path / "cache", **settings)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

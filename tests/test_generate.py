@@ -6,7 +6,7 @@ import torch
 from litsft.generate import main
 from litsft.model.decoding import Deadline, generate_ids
 from litsft.prompts import ALPACA
-from tests.conftest import SMOKE_MODEL
+from tests.helpers import SMOKE_MODEL, tiny_gpt2_config
 
 
 @pytest.fixture(scope="module")
@@ -14,11 +14,8 @@ def sharp_model():
     """A tiny random GPT-2 with large weights: well-separated logits, so greedy argmax has no near-ties."""
     from transformers import AutoModelForCausalLM
 
-    from litsft.model.loading import load_config
-
     torch.manual_seed(0)
-    config = load_config(str(SMOKE_MODEL), overrides={"initializer_range": 0.5})
-    return AutoModelForCausalLM.from_config(config).eval()
+    return AutoModelForCausalLM.from_config(tiny_gpt2_config(initializer_range=0.5)).eval()
 
 
 def encode(tokenizer, instructions):

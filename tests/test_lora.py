@@ -7,43 +7,33 @@ import os
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from litsft.cli import cli_main
-from litsft.data.collate import SFTCollator
 from litsft.errors import LitSFTError
 from litsft.model.flops import ModelShape, training_flops
 from litsft.model.lora import LoraSettings, default_target_modules
 from litsft.model.module import SFTModule
-from tests.conftest import (
+from tests.helpers import (
     LEAN_ARGS,
     REPO,
     SMOKE_MODEL,
+    SGDModule,
     cli_one_thread,
     csv_logger_args,
+    cwd,
+    lean_trainer,
     logged_metrics,
+    save_pretrained_tiny_gpt2,
+    tiny_datamodule,
     tiny_model_args,
+    tiny_module,
+    token_batch,
     write_rows,
 )
 
 pytest.importorskip("peft")  # the `lora` extra; litsft itself imports it only when LoRA is on
-
-NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-ROWS = [{"input_ids": list(range(5, 5 + n)), "prompt_len": 3} for n in (20, 15, 11)]
-
-
-def tiny(lora: LoraSettings | None = None, seed: int = 0, **kw) -> SFTModule:
-    pl.seed_everything(seed)
-    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT, lora=lora,
-                       **kw)  # fmt: skip
-    module.configure_model()
-    return module
-
-
-def batch(width: int = 0) -> dict:
-    return SFTCollator(0)([dict(r, input_ids=r["input_ids"] + [9] * width) for r in ROWS])
 
 
 def adapter_names(module) -> list[str]:
@@ -85,7 +75,7 @@ def test_bad_settings_are_one_clear_message(settings, message):
 
 
 def test_rank_zero_is_full_fine_tuning():
-    module = tiny(LoraSettings(r=0))
+    module = tiny_module(lora=LoraSettings(r=0))
     assert module.lora is None and module.hparams.lora is None
     assert all(p.requires_grad for p in module.model.parameters())
 
@@ -158,11 +148,11 @@ def test_default_targets_are_the_block_projections_of_each_family(family, expect
 )  # fmt: skip
 def test_bad_targets_are_refused(targets, message):
     with pytest.raises(LitSFTError, match=message):
-        tiny(LoraSettings(r=2, target_modules=targets))
+        tiny_module(lora=LoraSettings(r=2, target_modules=targets))
 
 
 def test_explicit_targets_adapt_only_those():
-    module = tiny(LoraSettings(r=2, target_modules=["c_attn"]))
+    module = tiny_module(lora=LoraSettings(r=2, target_modules=["c_attn"]))
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in adapter_names(module)} == {"c_attn"}
 
 
@@ -172,22 +162,22 @@ def test_explicit_targets_adapt_only_those():
 @pytest.mark.parametrize("gather_head", [True, False])
 def test_step_zero_loss_equals_the_base_model(gather_head):
     """B starts at zero: the LoRA model computes exactly the base model (same seed -> same base weights)."""
-    base, lora = tiny(gather_head=gather_head), tiny(LoraSettings(r=8), gather_head=gather_head)
+    base, lora = tiny_module(gather_head=gather_head), tiny_module(lora=LoraSettings(r=8), gather_head=gather_head)
     for module in (base, lora):
         module.model.train()  # LoRA dropout is active; B A dropout(x) is still exactly 0
-    b = batch()
+    b = token_batch()
     assert torch.equal(lora._loss_sum(b)[0], base._loss_sum(b)[0])
 
 
 def test_gradients_reach_the_adapters_only_through_every_head_path():
     grads = {}
     for gather in (True, False):
-        module = tiny(LoraSettings(r=4), gather_head=gather)
+        module = tiny_module(lora=LoraSettings(r=4), gather_head=gather)
         with torch.no_grad():  # non-zero B, so A gets a gradient too
             for name, p in module.model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.02)
-        loss, _ = module._loss_sum(batch())
+        loss, _ = module._loss_sum(token_batch())
         loss.backward()
         grads[gather] = {n: p.grad for n, p in module.model.named_parameters() if p.grad is not None}
         assert set(grads[gather]) == set(adapter_names(module))  # frozen head, embeddings, base: no gradient
@@ -200,13 +190,13 @@ def test_gradient_checkpointing_gives_the_same_adapter_gradients():
     output require grad)."""
     results = []
     for checkpointing in (False, True):
-        module = tiny(LoraSettings(r=4), gradient_checkpointing=checkpointing)
+        module = tiny_module(lora=LoraSettings(r=4), gradient_checkpointing=checkpointing)
         with torch.no_grad():
             for name, p in module.model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
         module.model.train()
-        loss, _ = module._loss_sum(batch())
+        loss, _ = module._loss_sum(token_batch())
         loss.backward()
         results.append({n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None})
     assert results[0].keys() == results[1].keys() and results[0]
@@ -217,7 +207,10 @@ def test_gradient_checkpointing_gives_the_same_adapter_gradients():
 
 @pytest.mark.slow  # compiling on a CPU takes about 30 s
 def test_compiled_lora_equals_eager():
-    plain, compiled = tiny(LoraSettings(r=4, dropout=0.0)), tiny(LoraSettings(r=4, dropout=0.0), torch_compile=True)
+    plain, compiled = (
+        tiny_module(lora=LoraSettings(r=4, dropout=0.0)),
+        tiny_module(lora=LoraSettings(r=4, dropout=0.0), torch_compile=True),
+    )
     with torch.no_grad():
         for (name, p), q in zip(plain.model.named_parameters(), compiled.model.parameters(), strict=True):
             if "lora_B" in name:
@@ -227,7 +220,7 @@ def test_compiled_lora_equals_eager():
         losses = []
         for module in (plain, compiled):
             module.model.zero_grad()
-            loss, _ = module._loss_sum(batch(width))
+            loss, _ = module._loss_sum(token_batch(width))
             loss.backward()
             losses.append(loss)
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
@@ -240,7 +233,7 @@ def test_compiled_lora_equals_eager():
 
 
 def test_flops_count_no_weight_gradient_for_frozen_weights():
-    module = tiny(LoraSettings(r=4))
+    module = tiny_module(lora=LoraSettings(r=4))
     shape = ModelShape.from_config(module.hf_config)
     # tiny GPT-2: d 64, 2 layers; adapters on c_attn (64->192), attn c_proj (64->64), c_fc (64->256), mlp c_proj
     # (256->64): r * (in + out) each = 4 * (256 + 128 + 320 + 320) = 4,096 per layer, 8,192 in all
@@ -269,14 +262,9 @@ def test_throughput_callback_uses_the_lora_count(in_repo, tmp_path, alpaca_file)
 
 @pytest.fixture(scope="module")
 def base_folder(tmp_path_factory):
-    """A "pretrained" tiny GPT-2 folder (random weights, saved with save_pretrained; loads in eval mode)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("base") / "tiny-gpt2"
-    torch.manual_seed(1)
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(SMOKE_MODEL)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(SMOKE_MODEL).save_pretrained(folder)
-    return folder
+    """A "pretrained" tiny GPT-2 folder (random weights, saved with save_pretrained; loads in eval mode), with the
+    smoke model's 256 positions."""
+    return save_pretrained_tiny_gpt2(tmp_path_factory.mktemp("base") / "tiny-gpt2", seed=1, n_positions=256)
 
 
 @pytest.fixture(scope="module")
@@ -285,16 +273,12 @@ def lora_run(tmp_path_factory, base_folder):
 
     root = tmp_path_factory.mktemp("lora-run")
     data = write_rows(root / "rows.json", synthetic_rows(48, seed=2))
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
+    with cwd(REPO):
         cli = cli_one_thread(
             ["fit", *tiny_model_args(root, data), *csv_logger_args(root), "--model.model_name_or_path",
              str(base_folder), "--model.random_init", "false", "--model.lora.r", "4", "--samples.enabled", "false",
              "--trainer.max_epochs", "2", "--model.learning_rate", "1e-2", "--export.from_best", "false"]
         )  # fmt: skip
-    finally:
-        os.chdir(cwd)
     return cli, root, data
 
 
@@ -367,12 +351,12 @@ def test_an_adapter_on_other_base_weights_is_refused(lora_run, tmp_path, monkeyp
 
 
 def test_an_adapter_for_other_modules_is_refused():
-    module = tiny(LoraSettings(r=4))
-    other = tiny(LoraSettings(r=4, target_modules=["c_attn"]))
+    module = tiny_module(lora=LoraSettings(r=4))
+    other = tiny_module(lora=LoraSettings(r=4, target_modules=["c_attn"]))
     adapters = {k: v for k, v in other.state_dict().items() if k in other.adapter_state_keys}
     with pytest.raises(LitSFTError, match="lacks 12 adapter tensors"):
         module.load_state_dict(adapters)
-    full = tiny()
+    full = tiny_module()
     with pytest.raises(LitSFTError, match="other --model.lora settings"):
         module.load_state_dict(full.state_dict())
 
@@ -485,21 +469,12 @@ def test_nan_guard_keeps_the_adapters_finite(in_repo, tmp_path, alpaca_file, cap
 
 
 def adapters_after(path, tmp_path, devices: int, batch_size: int, accumulate: int) -> dict:
-    from litsft.data.datamodule import AlpacaDataModule
-    from tests.test_scale_out import SGDModule  # plain SGD: equal weights mean equal gradients
-
-    pl.seed_everything(0)
-    module = SGDModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT,
-                       lora=LoraSettings(r=4, dropout=0.0))  # fmt: skip
-    module.configure_model()
-    dm = AlpacaDataModule(
-        dataset=str(path), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=5, batch_size=batch_size,
-        num_workers=0, cache_dir=str(tmp_path / "cache"), group_by_length=False,
-    )  # fmt: skip
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=3,
-        accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+    # plain SGD: equal weights mean equal gradients
+    module = tiny_module(module_class=SGDModule, lora=LoraSettings(r=4, dropout=0.0))
+    dm = tiny_datamodule(path, tmp_path / "cache", val_size=5, batch_size=batch_size, group_by_length=False)
+    trainer = lean_trainer(
+        devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=3,
+        accumulate_grad_batches=accumulate, limit_val_batches=0,
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}

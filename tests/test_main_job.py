@@ -1,6 +1,6 @@
 """An offline rehearsal of the main job as a user runs it: `configs/default.yaml` itself, a model folder written with
 `save_pretrained` (dropout 0.1, loaded in eval mode, unlike `random_init`), their own 300-row Alpaca-format file,
-the seed's `plain` template, and `--trainer.default_root_dir`. Only the model size and the data are small."""
+the tutorial's `plain` template, and `--trainer.default_root_dir`. Only the model size and the data are small."""
 
 import csv
 import json
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from litsft.cli import cli_main
-from tests.conftest import REPO, write_rows
+from tests.helpers import REPO, write_rows
 from tests.probes import ModeProbe
-from tests.seed_format import seed_text
+from tests.tutorial_format import tutorial_text
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_300_row_file_validates_about_10_times_and_samples_no_more_often(main_
     assert samples.steps == [0] + [s + 1 for s in val_steps]  # the base model, then once per validation
 
 
-def test_the_rows_trained_on_are_the_seeds_plain_strings(main_job):
+def test_the_rows_trained_on_are_the_tutorials_plain_strings(main_job):
     cli, rows, _, _, _ = main_job
     dm = cli.datamodule
     tokenizer = dm.tokenizer
@@ -69,8 +69,9 @@ def test_the_rows_trained_on_are_the_seeds_plain_strings(main_job):
     assert sorted(trained) == list(range(len(rows)))
     assert sum(1 for r in rows if not r["input"]) > 100  # rows without input, where `plain` used to differ
     for index, ids in trained.items():
-        expected = tokenizer(seed_text(rows[index]), split_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
-        assert list(ids) == expected, (index, seed_text(rows[index]))
+        text = tutorial_text(rows[index])
+        expected = tokenizer(text, split_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+        assert list(ids) == expected, (index, text)
 
 
 def test_every_output_is_under_the_root(main_job):
@@ -83,7 +84,7 @@ def test_every_output_is_under_the_root(main_job):
     assert (root / "export" / "model.safetensors").is_file()
 
 
-def test_the_export_loads_in_a_pipeline_with_the_seeds_template(main_job):
+def test_the_export_loads_in_a_pipeline_with_the_tutorials_template(main_job):
     from transformers import pipeline
 
     from litsft.prompts import PromptTemplate

@@ -1,34 +1,16 @@
-import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch import Callback
 
-from litsft.data.datamodule import AlpacaDataModule
 from litsft.model.loss import masked_ce_sum
 from litsft.model.module import SFTModule
-from tests.conftest import SMOKE_MODEL
-
-NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-
-
-def tiny_module(**kw) -> SFTModule:
-    pl.seed_everything(0)
-    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT, **kw)
-    module.configure_model()
-    return module
-
-
-def datamodule(path, tmp_path, **kw) -> AlpacaDataModule:
-    args = dict(
-        dataset=str(path), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=0, batch_size=4, num_workers=0,
-        cache_dir=str(tmp_path / "cache"), group_by_length=False,
-    ) | kw  # fmt: skip
-    return AlpacaDataModule(**args)
+from tests.helpers import NO_DROPOUT, SMOKE_MODEL, first_step_grads, lean_trainer, tiny_datamodule, tiny_module
 
 
 @pytest.mark.parametrize("gather_head", [True, False])
 def test_loss_equals_hf_loss_on_one_micro_batch(alpaca_file, tmp_path, gather_head):
     module = tiny_module()
-    dm = datamodule(alpaca_file, tmp_path)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=0, group_by_length=False)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     loss_sum, n = masked_ce_sum(
@@ -42,7 +24,7 @@ def test_loss_equals_hf_loss_on_one_micro_batch(alpaca_file, tmp_path, gather_he
 
 
 def test_gathered_head_gives_the_same_gradients(alpaca_file, tmp_path):
-    dm = datamodule(alpaca_file, tmp_path)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=0, group_by_length=False)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     grads = []
@@ -56,29 +38,6 @@ def test_gathered_head_gives_the_same_gradients(alpaca_file, tmp_path):
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6)
 
 
-class GradCapture(pl.Callback):
-    def __init__(self):
-        self.grads = None
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if self.grads is None:
-            self.grads = {k: p.grad.detach().clone() for k, p in pl_module.model.named_parameters()}
-
-
-def first_step_grads(path, tmp_path, batch_size, accumulate, **data_kw):
-    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
-    dm = datamodule(path, tmp_path, batch_size=batch_size, **data_kw)
-    capture = GradCapture()
-    pl.seed_everything(0)
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, logger=False, callbacks=[capture],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0,
-    )  # fmt: skip
-    trainer.fit(module, datamodule=dm)
-    return capture.grads
-
-
 def test_accumulation_is_token_exact(alpaca_file, tmp_path):
     """Batch 2 x accumulate 4 gives the gradient of batch 8 x 1, although rows have different token counts."""
     big = first_step_grads(alpaca_file, tmp_path, batch_size=8, accumulate=1)
@@ -89,7 +48,7 @@ def test_accumulation_is_token_exact(alpaca_file, tmp_path):
     assert len({len(r["output"]) for r in __import__("json").loads(alpaca_file.read_text())[:8]}) > 1
 
 
-class StepLossReader(pl.Callback):
+class StepLossReader(Callback):
     """Reads `SFTModule.step_loss` before the module's own `on_before_optimizer_step` (callbacks run first) and at
     every batch end (after it)."""
 
@@ -109,12 +68,8 @@ def test_step_loss_is_the_whole_steps_loss_in_any_hook_order(alpaca_file, tmp_pa
     module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
     assert module.step_loss() is None  # no training step yet
     reader = StepLossReader()
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False, callbacks=[reader],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module, datamodule=datamodule(alpaca_file, tmp_path, batch_size=2))
+    trainer = lean_trainer(max_steps=2, accumulate_grad_batches=2, callbacks=[reader], limit_val_batches=0)
+    trainer.fit(module, datamodule=tiny_datamodule(alpaca_file, tmp_path / "cache", batch_size=2))
     assert len(reader.before_update) == 2 and len(reader.batch_ends) == 4
     # read before the module logs it and after: the same value, the one logged as train/loss
     assert reader.batch_ends[1] == reader.before_update[0] == reader.logged[1]
@@ -150,12 +105,9 @@ def forced_head(module, eos_token_id: int, predict_eos: bool) -> None:
 @pytest.mark.parametrize("predict_eos", [True, False])
 def test_eos_acc_is_one_when_eos_is_forced_and_zero_when_it_cannot_be(alpaca_file, tmp_path, gather_head, predict_eos):
     module = tiny_module(gather_head=gather_head)
-    dm = datamodule(alpaca_file, tmp_path, val_size=12)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=12, group_by_length=False)
     forced_head(module, dm.tokenizer.eos_token_id, predict_eos)
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False,
-    )  # fmt: skip
+    trainer = lean_trainer()
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert metrics["val/eos_acc"] == (1.0 if predict_eos else 0.0)
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
@@ -164,8 +116,8 @@ def test_eos_acc_is_one_when_eos_is_forced_and_zero_when_it_cannot_be(alpaca_fil
 def test_val_loss_is_token_weighted_over_the_whole_set(alpaca_file, tmp_path):
     """Not a mean of batch means: batches with more learned tokens weigh more."""
     module = tiny_module()
-    dm = datamodule(alpaca_file, tmp_path, val_size=11, batch_size=4)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=11, group_by_length=False)
+    trainer = lean_trainer()
     logged = trainer.validate(module, datamodule=dm)[0]["val/loss"]
     total, tokens, batch_means = 0.0, 0, []
     with torch.no_grad():
@@ -187,13 +139,9 @@ def test_a_pretrained_folder_trains_in_train_mode_and_validates_in_eval_mode(pre
 
     assert module_modes(AutoModelForCausalLM.from_pretrained(str(pretrained_model))) == {False}  # what loading does
     module = SFTModule(model_name_or_path=str(pretrained_model))
-    dm = datamodule(alpaca_file, tmp_path, val_size=8)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=8, group_by_length=False)
     probe = ModeProbe()
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=3, val_check_interval=2, callbacks=[probe], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False,
-    )  # fmt: skip
+    trainer = lean_trainer(max_steps=3, val_check_interval=2, callbacks=[probe], num_sanity_val_steps=2)
     trainer.fit(module, datamodule=dm)
     assert len(probe.train_batches) == 3 and probe.train_batches == [{True}] * 3  # also after the validation at 2
     assert len(probe.val_batches) >= 4 and all(m == {False} for m in probe.val_batches)  # sanity check + step 2

@@ -10,7 +10,7 @@ import torch
 import litsft.model.module
 from litsft.data.tokenize_alpaca import tokenize_batch
 from litsft.prompts import get_template
-from tests.conftest import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args
+from tests.helpers import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args
 
 
 class BadLoss:

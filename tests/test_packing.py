@@ -6,7 +6,7 @@ from litsft.data.collate import SFTCollator
 from litsft.data.packing import PackedBatchSampler, PackedCollator, pack_bins
 from litsft.errors import LitSFTError
 from litsft.model.attention_mask import block_causal_mask
-from tests.test_module import datamodule, first_step_grads, tiny_module
+from tests.helpers import first_step_grads, tiny_datamodule, tiny_module
 
 
 def lengths_and_labels(n=300, seed=0):
@@ -62,7 +62,8 @@ def rows_for(dm, n):
 
 
 def test_collator_restarts_positions_and_never_learns_a_rows_first_token(alpaca_file, tmp_path):
-    dm = datamodule(alpaca_file, tmp_path, mask_prompt=False)  # every token learned but the first of each row
+    # every token learned but the first of each row
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=0, group_by_length=False, mask_prompt=False)
     dm.setup("fit")
     rows = rows_for(dm, 6)
     batch = PackedCollator(dm.tokenizer.pad_token_id, 256)(rows)
@@ -76,7 +77,7 @@ def test_collator_restarts_positions_and_never_learns_a_rows_first_token(alpaca_
 
 
 def test_packed_rows_cannot_attend_to_each_other(alpaca_file, tmp_path):
-    dm = datamodule(alpaca_file, tmp_path)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=0, group_by_length=False)
     dm.setup("fit")
     rows = rows_for(dm, 2)
     model = tiny_module().model.eval()
@@ -100,7 +101,7 @@ def test_packed_rows_cannot_attend_to_each_other(alpaca_file, tmp_path):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("mask_prompt", [True, False])
 def test_packed_loss_equals_unpacked_loss(alpaca_file, tmp_path, attn, mask_prompt):
-    dm = datamodule(alpaca_file, tmp_path, mask_prompt=mask_prompt)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache", val_size=0, group_by_length=False, mask_prompt=mask_prompt)
     dm.setup("fit")
     rows = rows_for(dm, 12)
     module = tiny_module()

@@ -7,7 +7,7 @@ import torch
 
 from litsft.callbacks.export import ExportCallback
 from litsft.cli import cli_main
-from tests.conftest import REPO, tiny_model_args, write_rows
+from tests.helpers import REPO, tiny_model_args, write_rows
 
 
 def read_jsonl(path):

@@ -17,7 +17,7 @@ import pytest
 
 from litsft import hub
 from litsft.cli import cli_main
-from tests.conftest import REPO, SMOKE_MODEL
+from tests.helpers import REPO, SMOKE_MODEL
 
 
 def closed_port() -> int:

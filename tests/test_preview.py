@@ -1,7 +1,7 @@
 import json
 
 from litsft.preview import main, render_row
-from tests.conftest import tiny_model_args
+from tests.helpers import tiny_model_args
 
 
 def test_jsonl_follows_the_contract(in_repo, tmp_path, alpaca_file, rows, tiny_tokenizer, capsys):

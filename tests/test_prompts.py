@@ -4,8 +4,8 @@ import pytest
 
 from litsft.errors import LitSFTError
 from litsft.prompts import ALPACA, PLAIN, PromptTemplate, get_template
-from tests.conftest import SMOKE_DATA, SMOKE_MODEL
-from tests.seed_format import assert_seed_format, preview_plain, seed_text
+from tests.helpers import SMOKE_DATA, SMOKE_MODEL
+from tests.tutorial_format import assert_tutorial_format, preview_plain, tutorial_text
 
 
 def test_alpaca_with_input_is_byte_exact():
@@ -27,23 +27,23 @@ def test_alpaca_without_input_is_byte_exact():
     assert ALPACA.render("Give three tips.") == expected
 
 
-def test_plain_is_the_seed_format():
-    """The seed: `instr + (": " + inp if inp else "")`, the output appended directly (Alpaca's row 0 reads
+def test_plain_is_the_tutorial_format():
+    """The tutorial baseline: `instr + (": " + inp if inp else "")`, the output appended directly (Alpaca's row 0 reads
     "...healthy.1.Eat a balanced diet")."""
     assert PLAIN.render("Explain machine learning in few words.", "") == "Explain machine learning in few words."
     assert PLAIN.render("Explain machine learning in few words.") == "Explain machine learning in few words."
     assert PLAIN.render("Sum", "1 2") == "Sum: 1 2"
     row = {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1.Eat a balanced diet"}
-    assert seed_text(row) == "Give three tips for staying healthy.1.Eat a balanced diet"
-    assert PLAIN.render(row["instruction"], row["input"]) + row["output"] == seed_text(row)
+    assert tutorial_text(row) == "Give three tips for staying healthy.1.Eat a balanced diet"
+    assert PLAIN.render(row["instruction"], row["input"]) + row["output"] == tutorial_text(row)
 
 
-def test_plain_rows_are_the_seed_strings_on_the_repos_rows(in_repo, tmp_path, tiny_tokenizer):
+def test_plain_rows_are_the_tutorial_strings_on_the_repos_rows(in_repo, tmp_path, tiny_tokenizer):
     """Every synthetic row the repo ships, through `python -m litsft.preview --data.prompt_template plain`."""
     rows = json.loads(SMOKE_DATA.read_text())
     records = preview_plain(SMOKE_DATA, SMOKE_MODEL, tmp_path / "p.jsonl", len(rows), "--data.max_seq_length", "256")
     assert sum(1 for r in rows if not r["input"]) > 100  # both kinds of row are covered
-    assert_seed_format(records, rows, tiny_tokenizer, max_seq_length=256)
+    assert_tutorial_format(records, rows, tiny_tokenizer, max_seq_length=256)
 
 
 def test_braces_in_rows_are_not_format_fields():

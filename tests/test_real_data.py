@@ -5,8 +5,8 @@ import json
 import pytest
 
 from litsft.prompts import ALPACA
-from tests.conftest import SHARED_DATA
-from tests.seed_format import assert_seed_format, preview_plain
+from tests.helpers import SHARED_DATA
+from tests.tutorial_format import assert_tutorial_format, preview_plain
 
 ALPACA_FILE = SHARED_DATA / "alpaca" / "alpaca_data_first2000.json"
 
@@ -55,12 +55,12 @@ def test_real_rows_token_statistics(tmp_path, real_rows, gpt2_tokenizer):
     assert min(kept["num_labels"]) >= 1
 
 
-def test_plain_is_the_seed_format_on_every_real_row(in_repo, tmp_path, real_rows, gpt2_tokenizer):
+def test_plain_is_the_tutorial_format_on_every_real_row(in_repo, tmp_path, real_rows, gpt2_tokenizer):
     """All 26,101 real Alpaca rows in ../shared/data (~60% without input), through `python -m litsft.preview
-    --data.prompt_template plain`, against the seed's rule written out independently."""
+    --data.prompt_template plain`, against the tutorial's rule written out independently."""
     path = SHARED_DATA / "alpaca" / "alpaca_data_subset_26101.json"
     rows = json.loads(path.read_text())
     assert rows[: len(real_rows)] == real_rows  # the other file is its first 2,000 rows: every row is covered
     records = preview_plain(path, SHARED_DATA / "gpt2-tokenizer", tmp_path / "plain.jsonl", len(rows))
     assert sum(1 for r in rows if not r["input"]) > 0.5 * len(rows)
-    assert_seed_format(records, rows, gpt2_tokenizer, max_seq_length=512)
+    assert_tutorial_format(records, rows, gpt2_tokenizer, max_seq_length=512)

@@ -18,49 +18,16 @@ from litsft.data.packing import PackedBatchSampler
 from litsft.data.sampler import ResumableBatchSampler, StepBatchSampler
 from litsft.errors import LitSFTError
 from litsft.run.resume import resume_command
-from tests.conftest import LEAN_ARGS, REPO, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
-
-# 104 rows - 8 validation = 96 training rows = 24 micro-batches of 4 = 12 optimizer steps per epoch (accumulate
-# 2); validation every 12 micro-batches (Lightning's val_check_interval 0.5, set here), i.e. mid-epoch and at the
-# end, on step ends. (litsft's own schedule, --validation.*, resumes exactly too: tests/test_validation_schedule.py.)
-STEPS_PER_EPOCH = 12
-
-
-@pytest.fixture(scope="session")
-def data(tmp_path_factory):
-    from litsft.smoke_assets import synthetic_rows
-
-    return write_rows(tmp_path_factory.mktemp("resume-data") / "rows.json", synthetic_rows(104, seed=3))
-
-
-def run_args(root, data, *extra) -> list[str]:
-    return [
-        "fit", *tiny_model_args(root, data), *LEAN_ARGS, *csv_logger_args(root),
-        "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "0.5",
-        *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, data):
-    """The uninterrupted run; it also keeps checkpoints written at a step end before validation (step 6), at
-    the last step of epoch 0 (on_train_batch_end, step 12) and at epoch 0's end (on_train_epoch_end)."""
-    root = tmp_path_factory.mktemp("reference")
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        cli_one_thread(
-            run_args(root, data,
-                     "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(root / "by_step"),
-                     "--trainer.callbacks.every_n_train_steps", "6", "--trainer.callbacks.save_top_k", "-1",
-                     "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(root / "by_epoch"),
-                     "--trainer.callbacks.save_on_train_epoch_end", "true", "--trainer.callbacks.save_top_k", "-1")
-        )  # fmt: skip
-    finally:
-        os.chdir(cwd)
-    losses = logged_metrics(root, "train/loss")
-    assert len(losses) == 2 * STEPS_PER_EPOCH
-    return root, losses, logged_metrics(root, "val/loss")
+from tests.helpers import (
+    LEAN_ARGS,
+    REPO,
+    RESUME_STEPS_PER_EPOCH,
+    cli_one_thread,
+    csv_logger_args,
+    logged_metrics,
+    resume_run_args,
+    tiny_model_args,
+)
 
 
 def assert_same_curve(reference, root, resumed_after: int) -> None:
@@ -83,10 +50,12 @@ def resumed_step(checkpoint) -> int:
     ["by_step/epoch=0-step=6.ckpt", "by_step/epoch=0-step=12.ckpt", "by_epoch/epoch=0-step=12.ckpt"],
     ids=["mid-epoch-before-validation", "last-step-of-epoch", "epoch-end"],
 )
-def test_resume_from_a_checkpoint_continues_the_uninterrupted_curve(in_repo, tmp_path, data, reference, checkpoint):
-    path = reference[0] / checkpoint
-    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", str(path)))
-    assert_same_curve(reference, tmp_path, resumed_after=resumed_step(path))
+def test_resume_from_a_checkpoint_continues_the_uninterrupted_curve(
+    in_repo, tmp_path, resume_data, resume_reference, checkpoint
+):
+    path = resume_reference[0] / checkpoint
+    cli_one_thread(resume_run_args(tmp_path, resume_data, "--ckpt_path", str(path)))
+    assert_same_curve(resume_reference, tmp_path, resumed_after=resumed_step(path))
 
 
 class SignalAt(Callback):
@@ -103,8 +72,10 @@ class SignalAt(Callback):
                 os.kill(os.getpid(), self.signum)
 
 
-def test_ctrl_c_during_validation_stops_after_it_and_resumes_exactly(in_repo, tmp_path, data, reference, capsys):
-    args = run_args(tmp_path, data, "--trainer.callbacks+=tests.test_resume.SignalAt")
+def test_ctrl_c_during_validation_stops_after_it_and_resumes_exactly(
+    in_repo, tmp_path, resume_data, resume_reference, capsys
+):
+    args = resume_run_args(tmp_path, resume_data, "--trainer.callbacks+=tests.test_resume.SignalAt")
     with pytest.raises(SystemExit) as exit_:
         cli_one_thread(args)
     assert exit_.value.code == 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -114,14 +85,18 @@ def test_ctrl_c_during_validation_stops_after_it_and_resumes_exactly(in_repo, tm
     assert command.startswith("python train.py fit -c ") and command.count("--ckpt_path") == 1
     checkpoint = command.split("--ckpt_path ")[1]
     assert checkpoint.endswith("last.ckpt") and resumed_step(checkpoint) == 6
-    assert logged_metrics(tmp_path, "val/loss") == {5: reference[2][5]}  # the validation it waited for
+    assert logged_metrics(tmp_path, "val/loss") == {5: resume_reference[2][5]}  # the validation it waited for
 
-    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", "last"))  # the newest last.ckpt of the run's folders
-    assert_same_curve(reference, tmp_path, resumed_after=0)
+    cli_one_thread(
+        resume_run_args(tmp_path, resume_data, "--ckpt_path", "last")
+    )  # the newest last.ckpt of the run's folders
+    assert_same_curve(resume_reference, tmp_path, resumed_after=0)
 
 
-def test_second_ctrl_c_stops_at_once_without_a_checkpoint(in_repo, tmp_path, data):
-    args = run_args(tmp_path, data, "--trainer.callbacks+=tests.test_resume.SignalAt", "--trainer.callbacks.times", "2")
+def test_second_ctrl_c_stops_at_once_without_a_checkpoint(in_repo, tmp_path, resume_data):
+    args = resume_run_args(
+        tmp_path, resume_data, "--trainer.callbacks+=tests.test_resume.SignalAt", "--trainer.callbacks.times", "2"
+    )
     try:
         with pytest.raises(SystemExit) as exit_:
             cli_one_thread(args)
@@ -132,10 +107,12 @@ def test_second_ctrl_c_stops_at_once_without_a_checkpoint(in_repo, tmp_path, dat
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_kills_a_real_cli_run_mid_epoch_and_the_printed_command_resumes_it(tmp_path, data, reference):
+def test_sigterm_kills_a_real_cli_run_mid_epoch_and_the_printed_command_resumes_it(
+    tmp_path, resume_data, resume_reference
+):
     """A real `python train.py fit` process gets SIGTERM part-way through an epoch, from outside."""
     proc = subprocess.Popen(
-        [sys.executable, "train.py", *run_args(tmp_path, data)],
+        [sys.executable, "train.py", *resume_run_args(tmp_path, resume_data)],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # as the in-process runs (see cli_one_thread)
         stdout=subprocess.DEVNULL,
@@ -165,15 +142,15 @@ def test_sigterm_kills_a_real_cli_run_mid_epoch_and_the_printed_command_resumes_
     assert 0 < state["batches_done"] < state["num_batches"], "the stop was not part-way through an epoch"
     stopped_at = resumed_step(checkpoint)
 
-    assert 0 < stopped_at < len(reference[1])
+    assert 0 < stopped_at < len(resume_reference[1])
     cli_one_thread(command[2:])  # the printed command, run from the repo as it says
-    assert_same_curve(reference, tmp_path, resumed_after=0)
+    assert_same_curve(resume_reference, tmp_path, resumed_after=0)
 
 
 # -- stops at an epoch's end, and under DDP (issue 13) ------------------------------------------------------------
 
 # Training micro-batches per epoch (2 per optimizer step); validations run after micro-batches 11 and 23.
-BATCHES = 2 * STEPS_PER_EPOCH
+BATCHES = 2 * RESUME_STEPS_PER_EPOCH
 
 
 class SignalAtValidation(Callback):
@@ -240,13 +217,15 @@ STOPS = [
 
 
 @pytest.mark.parametrize(("flags", "stopped"), STOPS)
-def test_a_stop_at_an_epoch_end_resumes_exactly(in_repo, tmp_path, data, reference, capsys, flags, stopped):
+def test_a_stop_at_an_epoch_end_resumes_exactly(
+    in_repo, tmp_path, resume_data, resume_reference, capsys, flags, stopped
+):
     with pytest.raises(SystemExit) as exit_:
-        cli_one_thread(run_args(tmp_path, data, *flags))
+        cli_one_thread(resume_run_args(tmp_path, resume_data, *flags))
     assert exit_.value.code == 143
     assert f"stopped by SIGTERM after {stopped}" in capsys.readouterr().err
-    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", "last"))
-    assert_whole_curve(reference, tmp_path)
+    cli_one_thread(resume_run_args(tmp_path, resume_data, "--ckpt_path", "last"))
+    assert_whole_curve(resume_reference, tmp_path)
 
 
 def wait_for(condition, proc, seconds: float, what: str) -> None:
@@ -275,17 +254,23 @@ def start(args, env=None) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_sigterm_to_a_real_run_during_the_epoch_end_validation_resumes_exactly(tmp_path, data, reference):
+def test_sigterm_to_a_real_run_during_the_epoch_end_validation_resumes_exactly(tmp_path, resume_data, resume_reference):
     marker = tmp_path / "in-validation"
-    proc = start(run_args(tmp_path, data, CALLBACK + "PauseInValidation", "--trainer.callbacks.marker", str(marker)))
+    proc = start(
+        resume_run_args(
+            tmp_path, resume_data, CALLBACK + "PauseInValidation", "--trainer.callbacks.marker", str(marker)
+        )
+    )
     try:
         wait_for(marker.exists, proc, 120, "the epoch-end validation")
         err = sigterm_from_outside(proc)
     finally:
         proc.kill()
     assert "stopped by SIGTERM after step 12 (epoch 1, 0 of 24 batches done)" in err, err
-    cli_one_thread(run_args(tmp_path, data, "--ckpt_path", "last"))  # (in-process; the pause only slows it)
-    assert_whole_curve(reference, tmp_path)
+    cli_one_thread(
+        resume_run_args(tmp_path, resume_data, "--ckpt_path", "last")
+    )  # (in-process; the pause only slows it)
+    assert_whole_curve(resume_reference, tmp_path)
 
 
 def ddp_args(root, data, *extra) -> list[str]:
@@ -297,18 +282,18 @@ def ddp_args(root, data, *extra) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigterm_to_a_two_process_ddp_run_resumes_exactly(tmp_path, data):
+def test_sigterm_to_a_two_process_ddp_run_resumes_exactly(tmp_path, resume_data):
     """Dropout differs per rank (its batches have other shapes): each rank's random state must come back."""
     env = {"LITSFT_CACHE": str(tmp_path / "cache")}
     ref = tmp_path / "reference"
-    done = subprocess.run([sys.executable, "train.py", *ddp_args(ref, data)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=180)  # fmt: skip
+    done = subprocess.run([sys.executable, "train.py", *ddp_args(ref, resume_data)], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     ref_train, ref_val = logged_metrics(ref, "train/loss"), logged_metrics(ref, "val/loss")
     assert len(ref_train) == 12
 
     run = tmp_path / "run"
-    proc = start(ddp_args(run, data), env)
+    proc = start(ddp_args(run, resume_data), env)
     try:
         wait_for(lambda: len(logged_metrics(run, "train/loss")) >= 2, proc, 150, "training")
         err = sigterm_from_outside(proc)
@@ -317,9 +302,9 @@ def test_sigterm_to_a_two_process_ddp_run_resumes_exactly(tmp_path, data):
     checkpoint = err.split("resume exactly where it stopped with (from ")[1].splitlines()[1].split()[-1]
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert 0 < state["AlpacaDataModule"]["train_batches"]["batches_done"] < 12, "not stopped mid-epoch"
-    resumed = subprocess.run([sys.executable, "train.py", *ddp_args(run, data, "--ckpt_path", checkpoint)], cwd=REPO,
-                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-                             timeout=180)  # fmt: skip
+    resumed = subprocess.run([sys.executable, "train.py", *ddp_args(run, resume_data, "--ckpt_path", checkpoint)],
+                             cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=180)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert logged_metrics(run, "train/loss") == ref_train  # every step, bit for bit
     assert logged_metrics(run, "val/loss") == ref_val

@@ -11,7 +11,7 @@ import lightning.pytorch  # noqa: F401 - before any test captures stderr: its lo
 import pytest
 import torch
 
-from tests.conftest import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
+from tests.helpers import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
 
 
 def wandb_and_csv(run) -> str:

@@ -12,7 +12,7 @@ import torch
 from litsft.errors import LitSFTError
 from litsft.run.resume import checkpoint_folders, find_last_checkpoints, resolve_last_checkpoint
 from litsft.run.wandb_setup import run_id_from_checkpoint
-from tests.conftest import REPO, SMOKE_MODEL
+from tests.helpers import REPO, SMOKE_MODEL, cli_one_thread
 
 WANDB_THEN_CSV = [
     {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "litsft", "save_dir": "."}},
@@ -89,8 +89,6 @@ def short_run(root: str, *extra: str) -> list[str]:
 def test_two_runs_side_by_side_each_resumes_its_own(tmp_path, monkeypatch, caplog):
     """End to end, as in the issue: `fit --ckpt_path last` for runs/smoke after runs/smoke_tty ran, from the same
     working directory; it resumes runs/smoke's own W&B run and says which file it took."""
-    from tests.conftest import cli_one_thread
-
     monkeypatch.chdir(tmp_path)
     smoke = cli_one_thread(short_run("runs/smoke"))
     cli_one_thread(short_run("runs/smoke_tty"))  # newer, in the same working directory

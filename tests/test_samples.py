@@ -2,27 +2,20 @@ import csv
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 
 from litsft.callbacks.sample_prompts import TUTORIAL_PROMPTS
 from litsft.callbacks.samples import SampleGenerationCallback
 from litsft.cli import cli_main
-from litsft.data.datamodule import AlpacaDataModule
-from litsft.model.module import SFTModule
-from tests.conftest import SMOKE_MODEL, tiny_model_args, write_rows
-
-
-def offline_run_folder(run: Path) -> Path:
-    folders = sorted((run / "wandb").glob("offline-run-*"))
-    assert folders, f"no offline W&B run under {run}"
-    return folders[0]
-
-
-def latest_table(folder: Path) -> dict:
-    tables = sorted(folder.rglob("samples/table_*.table.json"), key=lambda p: int(p.name.split("_")[1]))
-    assert tables, f"no samples table in {folder}"
-    return json.loads(tables[-1].read_text())
+from tests.helpers import (
+    latest_table,
+    lean_trainer,
+    offline_run_folder,
+    tiny_datamodule,
+    tiny_model_args,
+    tiny_module,
+    write_rows,
+)
 
 
 def test_smoke_run_has_the_samples_table_with_base_and_later_columns(smoke_wandb_run):
@@ -57,12 +50,9 @@ def test_training_tokenizer_is_unchanged_by_generation(smoke_wandb_run, tiny_tok
 
 
 def setup_callback(callback, alpaca_file, tmp_path):
-    dm = AlpacaDataModule(
-        dataset=str(alpaca_file), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=8, batch_size=4, num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache")
     dm.setup("fit")
-    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True)
+    module = tiny_module(seed=None, configure=False, config_overrides=None)
     callback.setup(type("T", (), {"datamodule": dm})(), module, "fit")
     return dm
 
@@ -119,23 +109,12 @@ def test_console_panel_when_wandb_is_off(in_repo, tmp_path, alpaca_file, capsys)
     assert TUTORIAL_PROMPTS[0].instruction in out and "step 0 (base):" in out
 
 
-def tiny_trainer(tmp_path, callback, **kw):
-    return pl.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, callbacks=[callback], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path), **kw,
-    )  # fmt: skip
-
-
 def test_generation_over_the_time_limit_is_skipped_and_training_goes_on(alpaca_file, tmp_path):
     callback = SampleGenerationCallback(max_time=1e-9, max_new_tokens=200, every_n_steps=1)
-    trainer = tiny_trainer(tmp_path, callback)
-    dm = AlpacaDataModule(
-        dataset=str(alpaca_file), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=8, batch_size=4, num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
+    trainer = lean_trainer(max_steps=2, callbacks=[callback], limit_val_batches=0, default_root_dir=str(tmp_path))
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache")
     with pytest.warns(UserWarning, match="took longer than --samples.max_time=1e-09s and was skipped"):
-        trainer.fit(SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True), datamodule=dm)
+        trainer.fit(tiny_module(seed=None, configure=False, config_overrides=None), datamodule=dm)
     assert trainer.global_step == 2 and callback.columns == []
 
 
@@ -203,16 +182,12 @@ def test_generation_is_rank_safe_under_two_processes(alpaca_file, tmp_path, coll
     callback = RecordingSamples(
         str(marks), collective, rank1_max_time=1e-9 if collective else None, every_n_steps=1, max_new_tokens=12
     )
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=CSVLogger(str(tmp_path), name="csv"),
-        callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+    trainer = lean_trainer(
+        devices=2, strategy="ddp_spawn", max_steps=2, logger=CSVLogger(str(tmp_path), name="csv"),
+        callbacks=[callback], limit_val_batches=0,
     )  # fmt: skip
-    dm = AlpacaDataModule(
-        dataset=str(alpaca_file), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=8, batch_size=4, num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
-    trainer.fit(SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True), datamodule=dm)
+    dm = tiny_datamodule(alpaca_file, tmp_path / "cache")
+    trainer.fit(tiny_module(seed=None, configure=False, config_overrides=None), datamodule=dm)
     records = {p.stem: json.loads(p.read_text()) for p in marks.glob("*.json")}
     expected = {f"rank0-step{s}" for s in range(3)} | ({f"rank1-step{s}" for s in range(3)} if collective else set())
     assert set(records) == expected

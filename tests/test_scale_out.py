@@ -4,39 +4,21 @@ import os
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from litsft.cli import cli_main
-from litsft.data.datamodule import AlpacaDataModule
 from litsft.errors import LitSFTError
-from litsft.model.module import SFTModule
-from tests.conftest import REPO, SMOKE_MODEL
-
-NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-
-
-class SGDModule(SFTModule):
-    """Plain SGD: the update is linear in the gradient, so equal weights mean equal gradients. (AdamW divides by
-    sqrt(v): for near-zero gradients it turns float round-off between 1 and 2 processes into sign flips.)"""
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.model.parameters(), lr=0.5)
+from tests.helpers import REPO, SGDModule, lean_trainer, tiny_datamodule, tiny_module
 
 
 def weights_after(path, tmp_path, devices: int, batch_size: int, accumulate: int, steps: int = 3) -> dict:
-    pl.seed_everything(0)
-    module = SGDModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
-    module.configure_model()  # in the parent too, so ddp_spawn can copy rank 0's trained weights back into it
-    dm = AlpacaDataModule(
-        dataset=str(path), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=5, batch_size=batch_size,
-        num_workers=0, cache_dir=str(tmp_path / "cache"), group_by_length=False,
-    )  # fmt: skip
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=steps,
-        accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=2,
+    # configured in the parent too, so ddp_spawn can copy rank 0's trained weights back into it
+    module = tiny_module(module_class=SGDModule)
+    dm = tiny_datamodule(path, tmp_path / "cache", val_size=5, batch_size=batch_size, group_by_length=False)
+    trainer = lean_trainer(
+        devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=steps,
+        accumulate_grad_batches=accumulate, num_sanity_val_steps=2,
         val_check_interval=2 * accumulate,  # validate at optimizer step 2 in both runs
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)  # ddp_spawn copies rank 0's weights and metrics back here
@@ -50,9 +32,7 @@ def test_ddp_two_ranks_equal_one_process_with_the_same_global_batch(alpaca_file,
     one, val_one = weights_after(alpaca_file, tmp_path, devices=1, batch_size=8, accumulate=1)
     two, val_two = weights_after(alpaca_file, tmp_path, devices=2, batch_size=2, accumulate=2)
     assert val_two == pytest.approx(val_one, rel=1e-5)  # token-weighted over both ranks' uneven shares
-    initial = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
-    pl.seed_everything(0)
-    initial.configure_model()
+    initial = tiny_module()
     moved = 0.0
     for k in one:
         err = (two[k] - one[k]).norm() / one[k].norm().clamp(min=1e-12)
@@ -106,8 +86,7 @@ def test_fsdp2_cli_end_to_end_exports_the_full_model(tmp_path):
 def test_fsdp_needs_blocks_it_can_find():
     from litsft.model.sharding import block_classes
 
-    model = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True)
-    model.configure_model()
+    model = tiny_module(seed=None, config_overrides=None)
     assert {c.__name__ for c in block_classes(model.model)} == {"GPT2Block"}
     model.model._no_split_modules = []
     with pytest.raises(LitSFTError, match="cannot find the transformer blocks"):

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from litsft.cli import cli_main
+from tests.helpers import REPO, tiny_model_args
 
 
 @pytest.fixture(scope="module")
 def smoke_run(smoke_wandb_run):
-    """`fit -c configs/smoke.yaml` in a temp folder: the session's one smoke run (tests/conftest.py)."""
+    """`fit -c configs/smoke.yaml` in a temp folder: the session's one smoke run (`helpers.run_smoke_config`)."""
     return smoke_wandb_run
 
 
@@ -46,8 +47,6 @@ def test_export_loads_with_transformers_and_generates(smoke_run):
 
 def test_local_file_and_local_model_folder_train(smoke_run, tmp_path, alpaca_file, monkeypatch):
     """`--data.dataset FILE.json --model.model_name_or_path DIR`: a local HF folder's weights are loaded."""
-    from tests.conftest import REPO, tiny_model_args
-
     _, run = smoke_run
     monkeypatch.chdir(REPO)
     folder = str(run / "export")

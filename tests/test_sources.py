@@ -5,7 +5,7 @@ import pytest
 
 from litsft.data.sources import load_rows
 from litsft.errors import LitSFTError
-from tests.conftest import write_rows
+from tests.helpers import write_rows
 
 COLS = {"instruction": "instruction", "input": "input", "output": "output"}
 

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 
 from litsft.run import threads
 from litsft.run.threads import CpuSample, CpuThreadsCallback, choose_threads, explicit_setting, others_busy
-from tests.conftest import tiny_model_args
+from tests.helpers import tiny_model_args
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from litsft.callbacks.throughput import ThroughputCallback, batch_counts
 from litsft.cli import cli_main
 from litsft.data.collate import SFTCollator
 from litsft.data.packing import PackedCollator
-from tests.conftest import tiny_model_args
+from tests.helpers import tiny_model_args
 
 # Two rows of 3 and 5 tokens; the first has 1 learned target, the second 2 (labels are not shifted).
 ROWS = [

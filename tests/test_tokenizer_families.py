@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from litsft.data.collate import SFTCollator
-from litsft.data.datamodule import AlpacaDataModule
 from litsft.data.tokenize_alpaca import tokenize_batch
 from litsft.data.tokenizer import load_tokenizer
 from litsft.prompts import ALPACA
-from tests.conftest import write_rows
 from tests.families import chatml_tokenizer, sentencepiece_tokenizer
+from tests.helpers import tiny_datamodule, write_rows
 
 STANFORD_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -102,10 +101,9 @@ def test_byte_fallback_pieces_of_one_character_are_learned_together(folders):
 def test_padding_never_decides_labels_when_pad_is_or_is_not_eos(folders, tmp_path, family):
     tokenizer = load_tokenizer(str(folders[family]))
     data = write_rows(tmp_path / "rows.json", [{"instruction": f"Q{i}", "output": "a" * (i % 5)} for i in range(12)])
-    dm = AlpacaDataModule(
-        dataset=str(data), tokenizer_name_or_path=str(folders[family]), val_size=0, batch_size=12, num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
+    dm = tiny_datamodule(
+        data, tmp_path / "cache", tokenizer_name_or_path=str(folders[family]), val_size=0, batch_size=12
+    )
     dm.setup("fit")
     rows = [dm.train_rows[i] for i in range(len(dm.train_rows))]
     batch = SFTCollator(tokenizer.pad_token_id)(rows)

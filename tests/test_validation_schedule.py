@@ -1,13 +1,20 @@
 """Validation about 10 times per run, on optimizer step ends, whatever the data size (callbacks/validation_schedule)."""
 
-import lightning.pytorch as pl
 import pytest
 from lightning.pytorch import Callback
 
 from litsft.callbacks.validation_schedule import ValidationSchedule, validation_steps
-from litsft.data.datamodule import AlpacaDataModule
-from litsft.model.module import SFTModule
-from tests.conftest import SMOKE_MODEL, tiny_model_args, write_rows
+from tests.helpers import (
+    LEAN_ARGS,
+    cli_one_thread,
+    csv_logger_args,
+    lean_trainer,
+    logged_metrics,
+    tiny_datamodule,
+    tiny_model_args,
+    tiny_module,
+    write_rows,
+)
 
 
 @pytest.mark.parametrize(("total", "per_run"), [(15, 10), (5, 10), (2_400, 10), (2_437, 10), (1, 10), (45, 7)])
@@ -33,17 +40,10 @@ def fit(tmp_path, schedule: ValidationSchedule, epochs=3, **trainer_kw) -> Valid
     from litsft.smoke_assets import synthetic_rows
 
     data = write_rows(tmp_path / "rows.json", synthetic_rows(18, seed=4))
-    dm = AlpacaDataModule(
-        dataset=str(data), tokenizer_name_or_path=str(SMOKE_MODEL), val_size=4, batch_size=2, num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
-    module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True)
+    dm = tiny_datamodule(data, tmp_path / "cache", val_size=4, batch_size=2)
+    module = tiny_module(seed=None, configure=False, config_overrides=None)
     probe = ValidationProbe()
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, accumulate_grad_batches=3, callbacks=[schedule, probe], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0, **trainer_kw,
-    )  # fmt: skip
+    trainer = lean_trainer(max_epochs=epochs, accumulate_grad_batches=3, callbacks=[schedule, probe], **trainer_kw)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 3 * epochs
     return probe
@@ -102,7 +102,6 @@ def test_a_resumed_run_validates_at_the_same_steps_with_the_same_losses(in_repo,
     import torch
 
     from litsft.smoke_assets import synthetic_rows
-    from tests.conftest import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics
 
     data = write_rows(tmp_path / "rows.json", synthetic_rows(56, seed=5))
 

@@ -14,7 +14,7 @@ from jsonargparse import Namespace
 
 from litsft.cli import cli_main
 from litsft.run.wandb_setup import REDACTED, offline_reason, prepare_loggers, redact, run_id_from_checkpoint
-from tests.conftest import FAKE_WANDB_KEY, LEAN_ARGS, tiny_model_args
+from tests.helpers import FAKE_WANDB_KEY, LEAN_ARGS, latest_table, tiny_model_args
 
 
 @pytest.fixture
@@ -158,8 +158,6 @@ def test_a_run_without_login_trains_and_logs_offline(no_login, in_repo, tmp_path
 
 
 def test_resume_logs_into_the_same_run_and_continues_the_samples_table(smoke_wandb_run, in_repo, tmp_path):
-    from tests.test_samples import latest_table
-
     cli, shared_run = smoke_wandb_run
     run = tmp_path / "run"  # a copy: resuming replaces the best checkpoint and the export of the shared run
     shutil.copytree(shared_run, run)

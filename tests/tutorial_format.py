@@ -1,5 +1,5 @@
-"""The seed tutorial's `plain` format, written out independently of litsft's templates, and a row-by-row check of
-what `python -m litsft.preview --jsonl` says litsft trains on against it."""
+"""The tutorial baseline's `plain` format (the recipe litsft replaces), written out independently of litsft's
+templates, and a row-by-row check of what `python -m litsft.preview --jsonl` says litsft trains on against it."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 
-def seed_prompt(row: dict) -> str:
-    """The seed's prompt: `instr + (": " + inp if inp else "")`."""
+def tutorial_prompt(row: dict) -> str:
+    """The tutorial's prompt: `instr + (": " + inp if inp else "")`."""
     instr, inp = row["instruction"], row.get("input") or ""
     return instr + (": " + inp if inp else "")
 
 
-def seed_text(row: dict) -> str:
-    """The seed's training text: its prompt with the output appended directly (no separator)."""
-    return seed_prompt(row) + row["output"]
+def tutorial_text(row: dict) -> str:
+    """The tutorial's training text: its prompt with the output appended directly (no separator)."""
+    return tutorial_prompt(row) + row["output"]
 
 
 def preview_plain(rows_file: Path, tokenizer_dir: Path, out: Path, n_rows: int, *extra: str) -> list[dict]:
@@ -29,12 +29,12 @@ def preview_plain(rows_file: Path, tokenizer_dir: Path, out: Path, n_rows: int, 
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def assert_seed_format(records: list[dict], rows: list[dict], tokenizer, max_seq_length: int = 512) -> None:
-    """Every record's text is the seed's string, its token ids are that string tokenized (+ EOS, cut at
-    `max_seq_length`), and its labels mask a prefix of the seed's prompt and learn the whole output."""
+def assert_tutorial_format(records: list[dict], rows: list[dict], tokenizer, max_seq_length: int = 512) -> None:
+    """Every record's text is the tutorial's string, its token ids are that string tokenized (+ EOS, cut at
+    `max_seq_length`), and its labels mask a prefix of the tutorial's prompt and learn the whole output."""
     assert len(records) == len(rows)
     eos = tokenizer.eos_token_id
-    texts = [seed_text(r) for r in rows]
+    texts = [tutorial_text(r) for r in rows]
     encoded = tokenizer(texts, add_special_tokens=True, split_special_tokens=True)["input_ids"]
     for rec, row, text, ids in zip(records, rows, texts, encoded, strict=True):
         where = f"row {rec['row']}: {text[:80]!r}"
@@ -43,7 +43,7 @@ def assert_seed_format(records: list[dict], rows: list[dict], tokenizer, max_seq
         prompt_len = next(i for i, label in enumerate(rec["labels"]) if label != -100)
         assert rec["labels"][prompt_len:] == rec["input_ids"][prompt_len:], where
         masked = tokenizer.decode(rec["input_ids"][:prompt_len])
-        assert seed_prompt(row).startswith(masked), where  # nothing of the output is masked
+        assert tutorial_prompt(row).startswith(masked), where  # nothing of the output is masked
         if len(ids) + 1 <= max_seq_length and row["output"]:
             learned = tokenizer.decode(rec["input_ids"][prompt_len:-1])
             assert learned.endswith(row["output"]), where  # all of the output is learned
