@@ -1,4 +1,4 @@
-"""Fixtures (built by tests/helpers.py) and the offline environment."""
+"""Fixtures (built by tests/helpers.py), the offline environment, and the unit tier's guard (tests/tiers.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,28 @@ os.environ.update(
 
 # After the environment above: helpers import torch, lightning and litsft.
 from tests import helpers  # noqa: E402
+from tests.tiers import deselect_unnamed, is_integration, raise_if_refused, unit_tier_guard  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    deselect_unnamed(config, items)  # slow and gpu tests only when `-m` names them
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Unit tests (no `integration` mark) run under the guard, from the setup of their first fixture (session
+    fixtures are set up before any function-scoped one, so an autouse fixture would come too late) to teardown."""
+    if is_integration(item):
+        return (yield)
+    with unit_tier_guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    raise_if_refused(item)  # the guard's refusal fails the test even where the code under test caught it
+    return result
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -47,6 +47,7 @@ def checkpoint_args(tmp_path, data, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.integration
 def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(
     in_repo, tmp_path, alpaca_file, monkeypatch, capsys
 ):
@@ -91,6 +92,7 @@ def test_a_folder_is_replaced_whole(tmp_path):
     ]
 
 
+@pytest.mark.integration
 def test_a_full_disk_during_the_export_keeps_the_previous_export(in_repo, tmp_path, alpaca_file, monkeypatch, capsys):
     args = ["fit", *tiny_model_args(tmp_path, alpaca_file), "--samples.enabled", "false", "--throughput.enabled",
             "false", "--trainer.max_steps", "2"]  # fmt: skip
@@ -167,6 +169,7 @@ def run_killed_at_open(tmp_path, folder: Path, prefixes: str, args: list[str]) -
     return proc.returncode
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_process_killed_during_a_checkpoint_save_keeps_the_previous_checkpoint(in_repo, tmp_path, alpaca_file):
@@ -185,6 +188,7 @@ def test_a_process_killed_during_a_checkpoint_save_keeps_the_previous_checkpoint
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # the killed save's temp file is gone
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_process_killed_during_the_export_keeps_the_previous_export(in_repo, tmp_path, alpaca_file):
@@ -208,6 +212,7 @@ cp -a "$RUN/." "$OUT/run/"
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_full_disk_is_one_message_and_the_earlier_checkpoints_stay_whole(tmp_path, alpaca_file):

@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import LEAN_ARGS, cli_one_thread, tiny_model_args
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 def config_file(tmp, name: str, text: str) -> list[str]:
     path = tmp / name

@@ -11,6 +11,8 @@ import torch
 
 from tests.helpers import LEAN_ARGS, SMOKE_MODEL, cli_one_thread, tiny_model_args, write_rows
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
 
 

@@ -52,6 +52,7 @@ def test_gpu_script_says_it_needs_a_gpu(tmp_path):
     assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command",

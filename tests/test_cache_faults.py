@@ -83,6 +83,7 @@ def test_a_whole_entry_is_used_without_a_warning_and_its_check_is_cheap(tmp_path
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"].values())
 
 
+@pytest.mark.integration
 def test_a_damaged_entry_is_rebuilt_in_a_real_run(in_repo, tmp_path, alpaca_file):
     args = ["fit", *tiny_model_args(tmp_path, alpaca_file), *LEAN_ARGS, "--trainer.max_steps", "1",
             "--data.cache_dir", str(tmp_path / "cache")]  # fmt: skip
@@ -125,6 +126,7 @@ def unusable_cache(tmp_path, capsys, alpaca_file, env_cache) -> str:
     return message
 
 
+@pytest.mark.integration
 def test_a_cache_path_that_is_a_file_is_one_message(in_repo, tmp_path, alpaca_file, capsys, monkeypatch):
     cache = tmp_path / "cache"
     cache.write_text("not a folder")
@@ -132,6 +134,7 @@ def test_a_cache_path_that_is_a_file_is_one_message(in_repo, tmp_path, alpaca_fi
     unusable_cache(tmp_path, capsys, alpaca_file, cache)
 
 
+@pytest.mark.integration
 def test_a_read_only_cache_folder_is_one_message(in_repo, tmp_path, alpaca_file, capsys, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -140,6 +143,7 @@ def test_a_read_only_cache_folder_is_one_message(in_repo, tmp_path, alpaca_file,
         unusable_cache(tmp_path, capsys, alpaca_file, cache)
 
 
+@pytest.mark.integration
 def test_a_whole_entry_in_a_read_only_cache_folder_is_used(in_repo, tmp_path, alpaca_file, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("LITSFT_CACHE", str(cache))

@@ -338,6 +338,7 @@ def test_alpaca_rows_as_one_turn_chats(tmp_path, alpaca_file, rows):
     assert f"<|user|>\n{user}<|endoftext|>" in dm.tokenizer.decode(row["input_ids"])
 
 
+@pytest.mark.integration
 def test_preview_shows_chat_rows_as_training_sees_them(in_repo, tmp_path, tiny_tokenizer):
     from litsft.preview import main
 
@@ -406,6 +407,7 @@ def test_prompts_files_take_conversations(tmp_path):
         read_prompts(bad)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("rows", "flags", "message"),
     [

@@ -13,6 +13,7 @@ from tests.helpers import REPO, tiny_model_args
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_prints(in_repo, config, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -23,6 +24,7 @@ def test_every_config_prints(in_repo, config, capsys):
     assert Path(config).read_text().startswith("#"), "each YAML opens with a comment giving its command"
 
 
+@pytest.mark.integration
 def test_default_job_is_distilgpt2_on_alpaca_with_wandb(in_repo, capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", "--print_config"])
@@ -41,6 +43,7 @@ def test_default_yaml_matches_the_class_defaults(section, cls):
         assert params[key].default == value, key
 
 
+@pytest.mark.integration
 def test_tokenizer_follows_the_model_unless_set_apart(in_repo, tmp_path, alpaca_file):
     from litsft.cli import SFTCLI, run_cli
 
@@ -53,6 +56,7 @@ def test_tokenizer_follows_the_model_unless_set_apart(in_repo, tmp_path, alpaca_
     assert cli.datamodule.tokenizer_name_or_path == other
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
 def test_subcommands_run_with_fast_dev_run(in_repo, tmp_path, alpaca_file, subcommand):
     cli = cli_main([subcommand, *tiny_model_args(tmp_path, alpaca_file, "--trainer.fast_dev_run", "true")])
@@ -61,6 +65,7 @@ def test_subcommands_run_with_fast_dev_run(in_repo, tmp_path, alpaca_file, subco
         assert cli.trainer.predict_loop.predictions and "response" in cli.trainer.predict_loop.predictions[0][0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -84,6 +89,7 @@ def test_bad_input_is_one_clear_message_before_training(in_repo, tmp_path, alpac
 # -- runs that would train nothing -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "flags",
     [
@@ -104,11 +110,13 @@ def test_a_run_that_would_train_nothing_is_refused_before_it_starts(in_repo, tmp
     assert "Traceback" not in err and not (tmp_path / "run").exists()  # nothing trained, nothing exported
 
 
+@pytest.mark.integration
 def test_limits_of_zero_are_fine_where_nothing_is_trained_anyway(in_repo, tmp_path, alpaca_file):
     cli = cli_main(["validate", *tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "0")])
     assert "val/loss" in cli.trainer.callback_metrics
 
 
+@pytest.mark.integration
 def test_a_finished_run_resumed_trains_nothing_and_exports_nothing(in_repo, tmp_path, smoke_wandb_run):
     _, run = smoke_wandb_run
     last = next(run.rglob("last.ckpt"))

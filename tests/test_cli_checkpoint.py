@@ -6,6 +6,8 @@ import pytest
 
 from litsft.cli import cli_main
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 def test_validate_a_smoke_checkpoint_without_its_config(in_repo, tmp_path, smoke_wandb_run, caplog):
     """The default config holds distilgpt2 on Alpaca at 512 tokens; the smoke checkpoint's model has 256 positions.

@@ -19,6 +19,7 @@ def line_of(lines: list[str], flag: str) -> int:
     return next(i for i, line in enumerate(lines, start=1) if line.strip().startswith(flag))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])
 def test_litsft_flags_come_first_and_the_help_is_short(in_repo, capsys, subcommand):
     """It was 831 lines, with litsft's first flag at line 522 (after a 100-line usage and the Trainer's flags)."""
@@ -36,11 +37,13 @@ def test_litsft_flags_come_first_and_the_help_is_short(in_repo, capsys, subcomma
     assert not any("known subclasses" in line or "Namespace(" in line for line in lines)
 
 
+@pytest.mark.integration
 def test_no_optimizer_or_scheduler_flags(in_repo, capsys):
     lines = help_lines(capsys)
     assert not any("--optimizer" in line or "--lr_scheduler" in line for line in lines)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flags", [["--optimizer", "SGD"], ["--optimizer=torch.optim.SGD", "--optimizer.lr", "0.1"],
                                    ["--lr_scheduler", "StepLR"]])  # fmt: skip
 def test_optimizer_flags_say_where_the_settings_are(in_repo, capsys, flags):

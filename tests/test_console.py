@@ -22,6 +22,7 @@ NOISE = [
 ]  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(200)
 def test_the_smoke_run_prints_what_matters_and_its_outputs_last(tmp_path):
     """A real `python train.py fit -c configs/smoke.yaml` as a new user runs it (W&B offline and not silenced, a
@@ -53,6 +54,7 @@ def test_the_smoke_run_prints_what_matters_and_its_outputs_last(tmp_path):
     assert others == [], others
 
 
+@pytest.mark.integration
 def test_summary_of_fit_and_predict_in_process(in_repo, tmp_path, alpaca_file, capsys):
     args = [*tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "2"), *csv_logger_args(tmp_path)]
     cli_main(["fit", *args, "--samples.enabled", "false"])

@@ -1,9 +1,12 @@
 """The same config and seed give the same run on CPU, run after run: every logged loss and the final weights
 are equal bit for bit (dropout on, gradient accumulation, two epochs, validation mid-epoch)."""
 
+import pytest
 import torch
 
 from tests.helpers import cli_one_thread, cwd, logged_metrics, resume_run_args
+
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
 
 
 def test_same_config_and_seed_give_the_same_losses_and_weights(tmp_path, resume_data, resume_reference):

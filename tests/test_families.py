@@ -134,6 +134,7 @@ def fit_args(assets, family, tmp_path, *extra):
     )  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi"])
 def test_each_family_trains_end_to_end_through_the_cli(assets, family, tmp_path, in_repo):
     from transformers import AutoModelForCausalLM
@@ -168,6 +169,7 @@ def test_each_family_trains_end_to_end_through_the_cli(assets, family, tmp_path,
     assert records[0]["fine-tuned"] == tokenizer.decode(new)
 
 
+@pytest.mark.integration
 def test_chat_samples_and_predict_use_the_chat_template(assets, tmp_path, in_repo):
     from litsft.callbacks.samples import SampleGenerationCallback
 
@@ -194,6 +196,7 @@ def test_chat_samples_and_predict_use_the_chat_template(assets, tmp_path, in_rep
     assert answer["prompt"] == dm.tokenizer.decode(prompt) and isinstance(answer["stopped"], bool)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi"])
 def test_fsdp2_two_processes_train_each_family_and_export(assets, family, tmp_path):
@@ -221,6 +224,7 @@ def test_fsdp2_two_processes_train_each_family_and_export(assets, family, tmp_pa
     assert "litsft samples, step 0 (base)" in proc.stdout + proc.stderr
 
 
+@pytest.mark.integration
 def test_the_chat_config_runs_with_local_stand_ins(assets, tmp_path, in_repo):
     """configs/chat-smollm2.yaml as shipped, with a local SmolLM2-like model (Llama, byte-level ChatML tokenizer)
     and local conversations in place of the hub ids."""

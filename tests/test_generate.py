@@ -77,6 +77,7 @@ def test_generation_runs_on_the_asked_cpu_threads_and_restores_the_process_setti
         torch.set_num_threads(before)
 
 
+@pytest.mark.integration
 def test_generate_compare_prints_base_and_fine_tuned_answers(smoke_wandb_run, tmp_path, capsys):
     _, run = smoke_wandb_run
     export = run / "export"

@@ -43,6 +43,7 @@ def adapter_names(module) -> list[str]:
 # -- settings ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cli_and_yaml_take_nested_settings(in_repo, capsys, tmp_path):
     import yaml
 
@@ -80,6 +81,7 @@ def test_rank_zero_is_full_fine_tuning():
     assert all(p.requires_grad for p in module.model.parameters())
 
 
+@pytest.mark.integration
 def test_missing_peft_names_the_extra(monkeypatch, in_repo, tmp_path, capsys, alpaca_file):
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError, as when not installed
     with pytest.raises(LitSFTError, match=r'pip install -e "\.\[lora\]"'):
@@ -91,6 +93,7 @@ def test_missing_peft_names_the_extra(monkeypatch, in_repo, tmp_path, capsys, al
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.integration
 def test_adapter_export_without_lora_is_refused(in_repo, tmp_path, capsys, alpaca_file):
     with pytest.raises(SystemExit) as exit_:
         cli_main(["fit", *tiny_model_args(tmp_path, alpaca_file), *LEAN_ARGS[:4], "--export.lora", "adapter"])
@@ -247,6 +250,7 @@ def test_flops_count_no_weight_gradient_for_frozen_weights():
     assert expected < training_flops(shape, tokens=8, attention_pairs=21, head_tokens=3)  # full fine-tuning: 3x
 
 
+@pytest.mark.integration
 def test_throughput_callback_uses_the_lora_count(in_repo, tmp_path, alpaca_file):
     from litsft.callbacks.throughput import ThroughputCallback
 
@@ -282,6 +286,7 @@ def lora_run(tmp_path_factory, base_folder):
     return cli, root, data
 
 
+@pytest.mark.integration
 def test_only_the_adapters_changed_and_the_optimizer_holds_only_them(lora_run, base_folder):
     from transformers import AutoModelForCausalLM
 
@@ -300,6 +305,7 @@ def test_only_the_adapters_changed_and_the_optimizer_holds_only_them(lora_run, b
     assert in_optimizer == {id(p) for p in cli.model.model.parameters() if p.requires_grad}
 
 
+@pytest.mark.integration
 def test_checkpoint_holds_the_adapters_and_their_optimizer_state_only(lora_run):
     cli, root, _ = lora_run
     last = next(root.rglob("last.ckpt"))
@@ -316,6 +322,7 @@ def test_checkpoint_holds_the_adapters_and_their_optimizer_state_only(lora_run):
     assert checkpoint["hyper_parameters"]["lora"] == {"r": 4, "alpha": None, "dropout": 0.05, "target_modules": None}
 
 
+@pytest.mark.integration
 def test_validate_from_an_adapter_checkpoint(lora_run, monkeypatch):
     cli, root, data = lora_run
     monkeypatch.chdir(REPO)
@@ -327,6 +334,7 @@ def test_validate_from_an_adapter_checkpoint(lora_run, monkeypatch):
     assert float(validated.trainer.callback_metrics["val/loss"]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.integration
 def test_an_adapter_on_other_base_weights_is_refused(lora_run, tmp_path, monkeypatch, capsys, base_folder):
     import shutil
 
@@ -361,6 +369,7 @@ def test_an_adapter_for_other_modules_is_refused():
         module.load_state_dict(full.state_dict())
 
 
+@pytest.mark.integration
 def test_merged_export_equals_base_plus_adapter_and_pipeline_generates(lora_run, base_folder, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, pipeline
@@ -394,6 +403,7 @@ def test_merged_export_equals_base_plus_adapter_and_pipeline_generates(lora_run,
 # -- resume, NaN guard, scale-out -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_resume_continues_the_uninterrupted_curve(in_repo, tmp_path, alpaca_file):
     """Adapters, their AdamW state and the RNG (LoRA dropout on) restore exactly: every later step's loss equals
     the uninterrupted run's."""
@@ -415,6 +425,7 @@ def test_resume_continues_the_uninterrupted_curve(in_repo, tmp_path, alpaca_file
     assert got == {s: ref[s] for s in got}  # exactly
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -443,6 +454,7 @@ def test_changed_adapter_settings_on_resume_are_refused(in_repo, tmp_path, alpac
     assert torch.load(newest, weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.integration
 def test_nan_guard_keeps_the_adapters_finite(in_repo, tmp_path, alpaca_file, capsys, monkeypatch):
     import litsft.model.module
 
@@ -480,6 +492,7 @@ def adapters_after(path, tmp_path, devices: int, batch_size: int, accumulate: in
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
+@pytest.mark.integration
 def test_ddp_two_ranks_train_the_adapters_like_one_process(alpaca_file, tmp_path):
     one = adapters_after(alpaca_file, tmp_path, devices=1, batch_size=8, accumulate=1)
     two = adapters_after(alpaca_file, tmp_path, devices=2, batch_size=2, accumulate=2)
@@ -505,6 +518,7 @@ def cli_run(tmp_path, name: str, devices: int, *flags) -> tuple:
     return run, proc.stdout + proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_fsdp2_two_processes_export_what_one_process_exports(tmp_path):
     """Frozen base sharded, adapters trained over 2 ranks (batch 8 x 2 = one process's 16), exported merged from
@@ -526,6 +540,7 @@ def test_fsdp2_two_processes_export_what_one_process_exports(tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in base.state_dict().items() if k in a)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_smoke_config_with_lora_learns_and_the_merged_export_generates(tmp_path):
     import csv

@@ -14,6 +14,8 @@ from tests.helpers import REPO, write_rows
 from tests.probes import ModeProbe
 from tests.tutorial_format import tutorial_text
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory, pretrained_model):

@@ -38,6 +38,7 @@ def test_gathered_head_gives_the_same_gradients(alpaca_file, tmp_path):
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_accumulation_is_token_exact(alpaca_file, tmp_path):
     """Batch 2 x accumulate 4 gives the gradient of batch 8 x 1, although rows have different token counts."""
     big = first_step_grads(alpaca_file, tmp_path, batch_size=8, accumulate=1)
@@ -101,6 +102,7 @@ def forced_head(module, eos_token_id: int, predict_eos: bool) -> None:
     module.model.set_output_embeddings(linear)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("gather_head", [True, False])
 @pytest.mark.parametrize("predict_eos", [True, False])
 def test_eos_acc_is_one_when_eos_is_forced_and_zero_when_it_cannot_be(alpaca_file, tmp_path, gather_head, predict_eos):
@@ -113,6 +115,7 @@ def test_eos_acc_is_one_when_eos_is_forced_and_zero_when_it_cannot_be(alpaca_fil
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
 
 
+@pytest.mark.integration
 def test_val_loss_is_token_weighted_over_the_whole_set(alpaca_file, tmp_path):
     """Not a mean of batch means: batches with more learned tokens weigh more."""
     module = tiny_module()
@@ -132,6 +135,7 @@ def test_val_loss_is_token_weighted_over_the_whole_set(alpaca_file, tmp_path):
 # -- train and eval mode, dropout (a pretrained folder loads in eval mode; random_init would hide it) -------------
 
 
+@pytest.mark.integration
 def test_a_pretrained_folder_trains_in_train_mode_and_validates_in_eval_mode(pretrained_model, alpaca_file, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -12,6 +12,8 @@ from litsft.data.tokenize_alpaca import tokenize_batch
 from litsft.prompts import get_template
 from tests.helpers import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 class BadLoss:
     """Wraps the module's loss: training calls listed in `bad` get a non-finite loss (`kind`); every training

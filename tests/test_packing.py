@@ -119,6 +119,7 @@ def packed_first_step_grads(path, tmp_path, batch_size, accumulate):
     return first_step_grads(path, tmp_path, batch_size, accumulate, packing=True, max_seq_length=64)
 
 
+@pytest.mark.integration
 def test_packed_accumulation_is_token_exact(alpaca_file, tmp_path):
     """Packed batch 2 x accumulate 2 gives the gradient of batch 4 x 1: the same rows, the exact step loss."""
     big = packed_first_step_grads(alpaca_file, tmp_path, batch_size=4, accumulate=1)

@@ -7,6 +7,7 @@ from litsft.plot import find_metrics, main, read_series
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.integration
 def test_plot_writes_a_png_from_a_real_smoke_runs_csv(smoke_wandb_run, tmp_path, capsys):
     _, run = smoke_wandb_run
     out = main([str(run), "--out", str(tmp_path / "curves.png")])

@@ -9,6 +9,8 @@ from litsft.callbacks.export import ExportCallback
 from litsft.cli import cli_main
 from tests.helpers import REPO, tiny_model_args, write_rows
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]

@@ -35,6 +35,7 @@ def run_error(capsys, args) -> str:
     return err
 
 
+@pytest.mark.integration
 def test_the_default_job_offline_names_model_and_dataset_at_once(in_repo, tmp_path, capsys):
     """`python train.py fit` with HF_HUB_OFFLINE=1 set: both missing pieces in one message, before anything is
     written, and no suggestion to set HF_HUB_OFFLINE=1."""
@@ -47,6 +48,7 @@ def test_the_default_job_offline_names_model_and_dataset_at_once(in_repo, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_a_local_model_with_a_hub_dataset_reports_the_length_too(in_repo, tmp_path, capsys):
     """The issue's second and third rounds (max_seq_length, then the dataset) in one."""
     err = run_error(
@@ -58,6 +60,7 @@ def test_a_local_model_with_a_hub_dataset_reports_the_length_too(in_repo, tmp_pa
     assert "--data.max_seq_length=512 exceeds the context of" in err and "(256 positions)" in err
 
 
+@pytest.mark.integration
 def test_a_missing_local_file_and_a_missing_model_come_together(in_repo, tmp_path, capsys):
     err = run_error(
         capsys,
@@ -67,6 +70,7 @@ def test_a_missing_local_file_and_a_missing_model_come_together(in_repo, tmp_pat
     assert "2 problems" in err and "folder" in err and "rows.json' does not exist" in err
 
 
+@pytest.mark.integration
 def test_one_problem_of_a_run_needing_no_hub_is_one_plain_message(in_repo, tmp_path, capsys):
     err = run_error(capsys, ["fit", "-c", "configs/smoke.yaml", "--data.max_seq_length", "4096"])
     assert "problems" not in err and "Working offline" not in err and "max_seq_length=4096 exceeds" in err
@@ -111,6 +115,7 @@ def fake_hub_cache(root, repo_id: str) -> None:
         (snapshot / path.name).write_bytes(path.read_bytes())
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_unreachable_hub_is_detected_once_and_the_cache_still_serves(tmp_path):
     """A real `python train.py fit` process, HF_HUB_OFFLINE unset, the hub endpoint unreachable (a closed local

@@ -1,9 +1,12 @@
 import json
 
+import pytest
+
 from litsft.preview import main, render_row
 from tests.helpers import tiny_model_args
 
 
+@pytest.mark.integration
 def test_jsonl_follows_the_contract(in_repo, tmp_path, alpaca_file, rows, tiny_tokenizer, capsys):
     out = tmp_path / "preview.jsonl"
     summary = main([*tiny_model_args(tmp_path, alpaca_file), "--rows", "12", "--jsonl", str(out)])
@@ -20,6 +23,7 @@ def test_jsonl_follows_the_contract(in_repo, tmp_path, alpaca_file, rows, tiny_t
         assert tiny_tokenizer.decode(learned[:-1]) == src["output"]
 
 
+@pytest.mark.integration
 def test_dropped_rows_are_counted_not_written(in_repo, tmp_path, alpaca_file):
     out = tmp_path / "preview.jsonl"
     summary = main(

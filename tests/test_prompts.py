@@ -38,6 +38,7 @@ def test_plain_is_the_tutorial_format():
     assert PLAIN.render(row["instruction"], row["input"]) + row["output"] == tutorial_text(row)
 
 
+@pytest.mark.integration
 def test_plain_rows_are_the_tutorial_strings_on_the_repos_rows(in_repo, tmp_path, tiny_tokenizer):
     """Every synthetic row the repo ships, through `python -m litsft.preview --data.prompt_template plain`."""
     rows = json.loads(SMOKE_DATA.read_text())

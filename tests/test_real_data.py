@@ -18,6 +18,7 @@ def real_rows():
     return json.loads(ALPACA_FILE.read_text())
 
 
+@pytest.mark.integration
 def test_preview_matches_an_independent_implementation(in_repo, tmp_path, real_rows, gpt2_tokenizer):
     """Row by row, unbatched: the prompt tokenized ALONE must be a prefix, and labels mask exactly it."""
     from litsft.preview import main
@@ -55,6 +56,7 @@ def test_real_rows_token_statistics(tmp_path, real_rows, gpt2_tokenizer):
     assert min(kept["num_labels"]) >= 1
 
 
+@pytest.mark.integration
 def test_plain_is_the_tutorial_format_on_every_real_row(in_repo, tmp_path, real_rows, gpt2_tokenizer):
     """All 26,101 real Alpaca rows in ../shared/data (~60% without input), through `python -m litsft.preview
     --data.prompt_template plain`, against the tutorial's rule written out independently."""

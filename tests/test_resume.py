@@ -45,6 +45,7 @@ def resumed_step(checkpoint) -> int:
     return torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "checkpoint",
     ["by_step/epoch=0-step=6.ckpt", "by_step/epoch=0-step=12.ckpt", "by_epoch/epoch=0-step=12.ckpt"],
@@ -72,6 +73,7 @@ class SignalAt(Callback):
                 os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.integration
 def test_ctrl_c_during_validation_stops_after_it_and_resumes_exactly(
     in_repo, tmp_path, resume_data, resume_reference, capsys
 ):
@@ -93,6 +95,7 @@ def test_ctrl_c_during_validation_stops_after_it_and_resumes_exactly(
     assert_same_curve(resume_reference, tmp_path, resumed_after=0)
 
 
+@pytest.mark.integration
 def test_second_ctrl_c_stops_at_once_without_a_checkpoint(in_repo, tmp_path, resume_data):
     args = resume_run_args(
         tmp_path, resume_data, "--trainer.callbacks+=tests.test_resume.SignalAt", "--trainer.callbacks.times", "2"
@@ -106,6 +109,7 @@ def test_second_ctrl_c_stops_at_once_without_a_checkpoint(in_repo, tmp_path, res
     assert not list(tmp_path.rglob("last.ckpt"))
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_sigterm_kills_a_real_cli_run_mid_epoch_and_the_printed_command_resumes_it(
     tmp_path, resume_data, resume_reference
@@ -216,6 +220,7 @@ STOPS = [
 ]  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("flags", "stopped"), STOPS)
 def test_a_stop_at_an_epoch_end_resumes_exactly(
     in_repo, tmp_path, resume_data, resume_reference, capsys, flags, stopped
@@ -252,6 +257,7 @@ def start(args, env=None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_sigterm_to_a_real_run_during_the_epoch_end_validation_resumes_exactly(tmp_path, resume_data, resume_reference):
@@ -280,6 +286,7 @@ def ddp_args(root, data, *extra) -> list[str]:
             *extra]  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigterm_to_a_two_process_ddp_run_resumes_exactly(tmp_path, resume_data):

@@ -13,6 +13,8 @@ import torch
 
 from tests.helpers import LEAN_ARGS, cli_one_thread, csv_logger_args, logged_metrics, tiny_model_args, write_rows
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 def wandb_and_csv(run) -> str:
     return json.dumps([

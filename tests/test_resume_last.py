@@ -86,6 +86,7 @@ def short_run(root: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.integration
 def test_two_runs_side_by_side_each_resumes_its_own(tmp_path, monkeypatch, caplog):
     """End to end, as in the issue: `fit --ckpt_path last` for runs/smoke after runs/smoke_tty ran, from the same
     working directory; it resumes runs/smoke's own W&B run and says which file it took."""

@@ -18,6 +18,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.integration
 def test_smoke_run_has_the_samples_table_with_base_and_later_columns(smoke_wandb_run):
     """Done when: the offline run folder has the table (base first), and val/loss, val/ppl, val/eos_acc."""
     cli, run = smoke_wandb_run
@@ -40,6 +41,7 @@ def test_smoke_run_has_the_samples_table_with_base_and_later_columns(smoke_wandb
     assert len(rates) == len(columns) - 2 and all(0.0 <= x <= 1.0 for x in rates)
 
 
+@pytest.mark.integration
 def test_training_tokenizer_is_unchanged_by_generation(smoke_wandb_run, tiny_tokenizer):
     cli, _ = smoke_wandb_run
     tokenizer = cli.datamodule.tokenizer
@@ -77,6 +79,7 @@ def test_a_user_file_replaces_the_default_prompts(alpaca_file, tmp_path):
     assert [p.instruction for p in callback.prompts] == ["Name a colour.", "Count to three."]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -99,6 +102,7 @@ def test_a_bad_prompts_file_is_one_clear_message_before_training(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_console_panel_when_wandb_is_off(in_repo, tmp_path, alpaca_file, capsys):
     cli_main(
         ["fit", *tiny_model_args(tmp_path, alpaca_file), "--trainer.max_steps", "4", "--samples.every_n_steps", "2",
@@ -109,6 +113,7 @@ def test_console_panel_when_wandb_is_off(in_repo, tmp_path, alpaca_file, capsys)
     assert TUTORIAL_PROMPTS[0].instruction in out and "step 0 (base):" in out
 
 
+@pytest.mark.integration
 def test_generation_over_the_time_limit_is_skipped_and_training_goes_on(alpaca_file, tmp_path):
     callback = SampleGenerationCallback(max_time=1e-9, max_new_tokens=200, every_n_steps=1)
     trainer = lean_trainer(max_steps=2, callbacks=[callback], limit_val_batches=0, default_root_dir=str(tmp_path))
@@ -166,6 +171,7 @@ class RecordingSamples(SampleGenerationCallback):
             samples.generate_ids = real
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(180)  # a hang in a collective fails here instead of eating the suite's time
 @pytest.mark.parametrize(
     "collective",

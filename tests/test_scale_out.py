@@ -26,6 +26,7 @@ def weights_after(path, tmp_path, devices: int, batch_size: int, accumulate: int
     return weights, float(trainer.callback_metrics["val/loss"])
 
 
+@pytest.mark.integration
 def test_ddp_two_ranks_equal_one_process_with_the_same_global_batch(alpaca_file, tmp_path):
     """2 ranks x batch 2 x accumulate 2 == 1 process x batch 8, on rows with different learned-token counts;
     validation has 5 rows over 2 ranks (uneven) and must not deadlock."""
@@ -66,6 +67,7 @@ def assert_export_like_single_device(folder):
         assert v.shape == reference.state_dict()[k].shape and torch.isfinite(v).all()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_ddp_cli_end_to_end_exports(tmp_path):
     run, proc = run_cli(tmp_path, "-c", "configs/strategy/ddp.yaml", "--samples.enabled", "false")
@@ -73,6 +75,7 @@ def test_ddp_cli_end_to_end_exports(tmp_path):
     assert_export_like_single_device(run / "export")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_fsdp2_cli_end_to_end_exports_the_full_model(tmp_path):
     run, proc = run_cli(tmp_path, "-c", "configs/strategy/fsdp.yaml")
@@ -93,6 +96,7 @@ def test_fsdp_needs_blocks_it_can_find():
         block_classes(model.model)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("config", ["deepspeed_zero2", "deepspeed_zero3"])
 def test_deepspeed_missing_or_on_cpu_is_a_clear_message(in_repo, tmp_path, capsys, config):
     with pytest.raises(SystemExit) as exit_:

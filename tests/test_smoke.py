@@ -8,6 +8,8 @@ import torch
 from litsft.cli import cli_main
 from tests.helpers import REPO, tiny_model_args
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI or a Trainer (tests/tiers.py)
+
 
 @pytest.fixture(scope="module")
 def smoke_run(smoke_wandb_run):

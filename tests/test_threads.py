@@ -41,6 +41,7 @@ def test_others_exclude_this_process_own_cpu_time():
     assert others_busy(CpuSample(0.0, 100.0, 10.0), CpuSample(10.0, 104.0, 15.0)) == 0.0  # tick rounding: never < 0
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat")
 def test_a_busy_neighbour_is_measured():
     burn = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
@@ -96,6 +97,7 @@ class RecordThreads(Callback):
         self.seen.append(torch.get_num_threads())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("explicit", [False, True])
 def test_cli_runs_on_the_free_cores_unless_told(in_repo, tmp_path, alpaca_file, torch_default, monkeypatch, explicit):
     monkeypatch.setattr(threads, "others_busy", lambda before, after: 5.0)  # every core busy with other work

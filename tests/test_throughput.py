@@ -54,6 +54,7 @@ def test_counting_a_batch_never_reads_device_values(monkeypatch):
     assert callback.last_metrics["train/padding_share"] == pytest.approx(2 / 10)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("packing", [False, True], ids=["grouped", "packed"])
 def test_fit_logs_throughput_and_counts_every_learned_token(in_repo, tmp_path, alpaca_file, packing):
     args = tiny_model_args(tmp_path, alpaca_file, "--trainer.max_epochs", "1", "--export.enabled", "false")
@@ -75,6 +76,7 @@ def test_fit_logs_throughput_and_counts_every_learned_token(in_repo, tmp_path, a
     assert {"train/tokens_per_sec_total", "train/mfu"} <= set(logged[0])
 
 
+@pytest.mark.integration
 def test_no_mfu_without_a_known_peak(in_repo, tmp_path, alpaca_file, caplog):
     args = tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "2", "--export.enabled", "false")
     with caplog.at_level("INFO"):
@@ -84,6 +86,7 @@ def test_no_mfu_without_a_known_peak(in_repo, tmp_path, alpaca_file, caplog):
     assert "train/mfu is not logged: no peak FLOP/s known for 'cpu'" in caplog.text
 
 
+@pytest.mark.integration
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("packing", ["false", "true"])

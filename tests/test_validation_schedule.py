@@ -53,21 +53,25 @@ def fit(tmp_path, schedule: ValidationSchedule, epochs=3, **trainer_kw) -> Valid
 STEP_END = {3 * e + k + 1: 7 * e + b for e in range(3) for k, b in enumerate((2, 5, 6))}
 
 
+@pytest.mark.integration
 def test_validation_runs_per_run_times_at_step_ends_across_uneven_epochs(tmp_path):
     probe = fit(tmp_path, ValidationSchedule(per_run=4))
     assert probe.at == [(s, STEP_END[s]) for s in (3, 5, 7, 9)]  # ceil(9k/4); never inside an accumulation
 
 
+@pytest.mark.integration
 def test_every_n_steps_and_the_last_step(tmp_path):
     probe = fit(tmp_path, ValidationSchedule(every_n_steps=4))
     assert probe.at == [(s, STEP_END[s]) for s in (4, 8, 9)]
 
 
+@pytest.mark.integration
 def test_disabled_leaves_lightnings_schedule(tmp_path):
     probe = fit(tmp_path, ValidationSchedule(enabled=False), epochs=1)
     assert [s for s, _ in probe.at] == [3]  # Lightning's default: at each epoch's end
 
 
+@pytest.mark.integration
 def test_cli_uses_the_schedule_unless_a_lightning_one_is_given(in_repo, tmp_path, alpaca_file):
     from litsft.cli import SFTCLI, run_cli
 
@@ -94,6 +98,7 @@ def test_bad_settings_name_the_flag():
         ValidationSchedule(every_n_steps=0)
 
 
+@pytest.mark.integration
 def test_a_resumed_run_validates_at_the_same_steps_with_the_same_losses(in_repo, tmp_path):
     """12 optimizer steps (2 epochs of 6, accumulate 2), 5 validations at steps 3, 5, 8, 10, 12; resumed from a
     checkpoint of step 4, of step 8 (written at the end of that step, before its validation, which Lightning then

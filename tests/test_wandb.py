@@ -94,6 +94,7 @@ def test_a_silent_server_or_a_rejected_key_is_found_within_the_bound(no_login, m
     assert found is not None and re.search(reason, found), found
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("server", ["silent", "rejected-key"])
 def test_a_run_with_a_silent_or_refusing_wandb_server_trains_offline_with_one_warning(
@@ -146,6 +147,7 @@ def test_offline_mode_needs_no_check(monkeypatch, tmp_path):
     assert config.trainer.logger[0].init_args.offline is False  # W&B itself honours WANDB_MODE
 
 
+@pytest.mark.integration
 def test_a_run_without_login_trains_and_logs_offline(no_login, in_repo, tmp_path, alpaca_file, capsys):
     args = tiny_model_args(tmp_path, alpaca_file, "--trainer.max_steps", "2", "--samples.enabled", "false")
     args[args.index("--trainer.logger") + 1] = json.dumps(
@@ -157,6 +159,7 @@ def test_a_run_without_login_trains_and_logs_offline(no_login, in_repo, tmp_path
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+@pytest.mark.integration
 def test_resume_logs_into_the_same_run_and_continues_the_samples_table(smoke_wandb_run, in_repo, tmp_path):
     cli, shared_run = smoke_wandb_run
     run = tmp_path / "run"  # a copy: resuming replaces the best checkpoint and the export of the shared run
@@ -180,6 +183,7 @@ def test_resume_logs_into_the_same_run_and_continues_the_samples_table(smoke_wan
     assert next(iter(run.rglob("checkpoints"))).parent.name == first_id  # one checkpoint folder for the run
 
 
+@pytest.mark.integration
 def test_no_secret_in_any_file_of_the_run(smoke_wandb_run):
     """The W&B API key was set during the run: it is in no config, log, metrics file or checkpoint."""
     _, run = smoke_wandb_run
@@ -189,6 +193,7 @@ def test_no_secret_in_any_file_of_the_run(smoke_wandb_run):
     assert leaks == []
 
 
+@pytest.mark.integration
 def test_the_full_resolved_config_is_logged_and_saved(smoke_wandb_run):
     _, run = smoke_wandb_run
     saved = yaml.safe_load((run / "config.yaml").read_text())
