@@ -291,6 +291,7 @@ class RecordingCLI(compat.LightningCLIHooks):
         raise Stop  # nothing more is needed: no trainer is built
 
 
+@pytest.mark.integration
 def test_cli_hooks_run_at_lightnings_private_steps_in_order(tmp_path):
     checkpoint = tmp_path / "hparams.ckpt"
     torch.save({"hyper_parameters": {"width": 7}}, checkpoint)

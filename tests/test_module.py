@@ -65,6 +65,7 @@ class StepLossReader(Callback):
                            else None)  # fmt: skip
 
 
+@pytest.mark.integration
 def test_step_loss_is_the_whole_steps_loss_in_any_hook_order(alpaca_file, tmp_path):
     module = SFTModule(model_name_or_path=str(SMOKE_MODEL), random_init=True, config_overrides=NO_DROPOUT)
     assert module.step_loss() is None  # no training step yet
