@@ -20,7 +20,13 @@ os.environ.update(
 
 # After the environment above: helpers import torch, lightning and litsft.
 from tests import helpers  # noqa: E402
-from tests.tiers import deselect_unnamed, is_integration, raise_if_refused, unit_tier_guard  # noqa: E402
+from tests.tiers import (  # noqa: E402
+    ONLY_WHEN_NAMED,
+    deselect_unnamed,
+    is_integration,
+    raise_if_refused,
+    unit_tier_guard,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,8 +36,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Unit tests (no `integration` mark) run under the guard, from the setup of their first fixture (session
-    fixtures are set up before any function-scoped one, so an autouse fixture would come too late) to teardown."""
-    if is_integration(item):
+    fixtures are set up before any function-scoped one, so an autouse fixture would come too late) to teardown.
+    Slow and gpu tests are never in the unit tier (they run only when `-m` names them): no guard either (torch's
+    compiler, in the slow compile tests, starts Python processes of its own)."""
+    if is_integration(item) or any(item.get_closest_marker(name) for name in ONLY_WHEN_NAMED):
         return (yield)
     with unit_tier_guard(item):
         return (yield)
