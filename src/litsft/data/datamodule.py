@@ -183,7 +183,7 @@ class AlpacaDataModule(LightningDataModule):
     @property
     def stop_token_ids(self) -> list[int]:
         """Tokens that end an answer: EOS; for chat data the end-of-turn token too."""
-        return self.chat.stop_token_ids if self.chat is not None else [self.tokenizer.eos_token_id]
+        return self.chat.stop_token_ids if self.chat is not None else [self.eos_token_id]
 
     def encode_prompt(self, prompt: SamplePrompt) -> list[int]:
         """Token ids of a prompt as training renders it (template, special tokens), for generation."""
