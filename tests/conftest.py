@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -79,6 +80,31 @@ def _offline_env(tmp_path_factory):
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(record.getMessage() for record in self.records)
+
+
+@pytest.fixture
+def rank_zero_log():
+    """Every line litsft and Lightning print with `rank_zero_info` during the test (`.text`), read from the logger
+    they go through. Not `caplog`: Lightning stops its logger propagating when the root logger has no handler at
+    import, and whether pytest then attaches caplog's handler depends on the environment (CI saw none of them)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler = _Records()
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

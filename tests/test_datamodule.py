@@ -63,12 +63,11 @@ def test_changed_file_content_misses_the_cache(alpaca_file, tmp_path, rows):
     assert again.counts.rows == 40
 
 
-def test_counts_are_reported(alpaca_file, tmp_path, caplog):
+def test_counts_are_reported(alpaca_file, tmp_path, rank_zero_log):
     dm = make(alpaca_file, tmp_path)
-    with caplog.at_level("INFO"):
-        dm.setup("fit")
+    dm.setup("fit")
     assert dm.counts.rows == 40 and dm.counts.empty_output == 1
-    assert "40 rows read: 40 kept, 0 dropped" in caplog.text
+    assert "40 rows read: 40 kept, 0 dropped" in rank_zero_log.text
 
 
 def test_batches_follow_the_contract(alpaca_file, tmp_path, tiny_tokenizer):

@@ -57,13 +57,13 @@ def expected_lr(peak: float, step: int, total: int, warmup_ratio: float, min_rat
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def test_a_changed_learning_rate_and_schedule_take_effect_with_a_line(stopped_run, caplog):
+def test_a_changed_learning_rate_and_schedule_take_effect_with_a_line(stopped_run, rank_zero_log):
     root, data, last = stopped_run
     cli_one_thread(base_args(root, data, "--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
                              "--model.min_lr_ratio", "0.5", "--ckpt_path", str(last)))  # fmt: skip
-    assert "--model.learning_rate 0.003 -> 0.001: the restored optimizer and schedule use it" in caplog.text
-    assert "--model.min_lr_ratio 0.1 -> 0.5" in caplog.text
-    assert "--trainer.max_steps 4 -> 10: the learning-rate schedule is stretched" in caplog.text
+    assert "--model.learning_rate 0.003 -> 0.001: the restored optimizer and schedule use it" in rank_zero_log.text
+    assert "--model.min_lr_ratio 0.1 -> 0.5" in rank_zero_log.text
+    assert "--trainer.max_steps 4 -> 10: the learning-rate schedule is stretched" in rank_zero_log.text
     lr = logged_metrics(root, "lr")
     for step in range(4, 10):  # warmup 0.05 of 10 steps rounds to 0 (smoke config)
         assert lr[step] == pytest.approx(expected_lr(1e-3, step, 10, 0.05, 0.5), rel=1e-6), step

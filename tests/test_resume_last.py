@@ -87,7 +87,7 @@ def short_run(root: str, *extra: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_two_runs_side_by_side_each_resumes_its_own(tmp_path, monkeypatch, caplog):
+def test_two_runs_side_by_side_each_resumes_its_own(tmp_path, monkeypatch, rank_zero_log):
     """End to end, as in the issue: `fit --ckpt_path last` for runs/smoke after runs/smoke_tty ran, from the same
     working directory; it resumes runs/smoke's own W&B run and says which file it took."""
     monkeypatch.chdir(tmp_path)
@@ -96,8 +96,7 @@ def test_two_runs_side_by_side_each_resumes_its_own(tmp_path, monkeypatch, caplo
     smoke_id = smoke.trainer.loggers[0].version
     own = next((tmp_path / "runs/smoke/litsft").glob("*/checkpoints/last.ckpt"))
     assert run_id_from_checkpoint(own) == smoke_id
-    with caplog.at_level("INFO"):
-        resumed = cli_one_thread(short_run("runs/smoke", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    resumed = cli_one_thread(short_run("runs/smoke", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
     assert resumed.trainer.loggers[0].version == smoke_id  # the same W&B run: runs/smoke's, not smoke_tty's
     assert resumed.trainer.global_step == 8
-    assert f"--ckpt_path last: {own.resolve()} (step 4, written " in caplog.text
+    assert f"--ckpt_path last: {own.resolve()} (step 4, written " in rank_zero_log.text

@@ -98,7 +98,7 @@ def test_a_silent_server_or_a_rejected_key_is_found_within_the_bound(no_login, m
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("server", ["silent", "rejected-key"])
 def test_a_run_with_a_silent_or_refusing_wandb_server_trains_offline_with_one_warning(
-    no_login, monkeypatch, in_repo, tmp_path, alpaca_file, caplog, server
+    no_login, monkeypatch, in_repo, tmp_path, alpaca_file, rank_zero_log, server
 ):
     """W&B online by default (no WANDB_MODE), a key, and a server on 127.0.0.1 that never answers or refuses
     the key: before, a ~2-minute hang, then a CommError traceback; now offline within the bound."""
@@ -119,7 +119,7 @@ def test_a_run_with_a_silent_or_refusing_wandb_server_trains_offline_with_one_wa
     ours = [str(w.message) for w in caught if str(w.message).startswith("W&B:")]
     assert len(ours) == 1 and re.search(reason, ours[0]) and "Logging offline" in ours[0], ours
     assert cli.trainer.global_step == 2 and elapsed < 60
-    assert "at most 2 s; LITSFT_WANDB_TIMEOUT" in caplog.text  # the run says how long it waits
+    assert "at most 2 s; LITSFT_WANDB_TIMEOUT" in rank_zero_log.text  # the run says how long it waits
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
