@@ -56,6 +56,7 @@ def test_real_rows_token_statistics(tmp_path, real_rows, gpt2_tokenizer):
     assert min(kept["num_labels"]) >= 1
 
 
+@pytest.mark.slow  # ~20 s on 2 cores; the default run checks `plain` on the 800 repo rows (test_prompts.py)
 @pytest.mark.integration
 def test_plain_is_the_tutorial_format_on_every_real_row(in_repo, tmp_path, real_rows, gpt2_tokenizer):
     """All 26,101 real Alpaca rows in ../shared/data (~60% without input), through `python -m litsft.preview
