@@ -22,6 +22,7 @@ NOISE = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a real smoke-run process, ~18 s on 2 cores
 @pytest.mark.integration
 @pytest.mark.timeout(200)
 def test_the_smoke_run_prints_what_matters_and_its_outputs_last(tmp_path):

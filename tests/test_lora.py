@@ -492,6 +492,7 @@ def adapters_after(path, tmp_path, devices: int, batch_size: int, accumulate: in
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
+@pytest.mark.slow  # two training processes, ~12 s on 2 cores
 @pytest.mark.integration
 def test_ddp_two_ranks_train_the_adapters_like_one_process(alpaca_file, tmp_path):
     one = adapters_after(alpaca_file, tmp_path, devices=1, batch_size=8, accumulate=1)
