@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 # The key of the callback's state in checkpoints: the name of the callback that held it before the RNG state and
@@ -64,8 +65,6 @@ class RngStateCallback(Callback):
         # stored: Lightning writes rank 0's callback state only, and rank 0's state restored on rank 1 would make
         # every later step differ under DDP. Checkpoints are dumped on all ranks together, so a gather is safe.
         state = rng_state()
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             states: list = [None] * dist.get_world_size()
             dist.all_gather_object(states, state)
@@ -74,8 +73,6 @@ class RngStateCallback(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         per_rank = state_dict.get("rng_per_rank")
-        import torch.distributed as dist
-
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if per_rank is not None and rank < len(per_rank):
             self.to_restore = per_rank[rank]
